@@ -1,0 +1,52 @@
+// Framework-free tensor descriptors: a pointer, a dtype, a device, a shape and strides (in elements).
+// psa never owns the memory a TensorView points to.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+namespace psa {
+
+enum class DType : uint8_t { kFloat32, kFloat16, kBFloat16, kFloat64, kInt32, kInt64, kUInt8 };
+enum class Device : uint8_t { kCpu, kCuda };
+
+constexpr int kMaxRank = 4;
+
+struct TensorView {
+  void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  Device device = Device::kCpu;
+  int device_index = 0;
+  int rank = 0;
+  int64_t shape[kMaxRank] = {};
+  int64_t stride[kMaxRank] = {};  // in elements, may be any non-negative value
+
+  bool empty() const { return data == nullptr && rank == 0; }
+  int64_t size(int dim) const { return shape[dim]; }
+};
+
+// A CUDA stream as an opaque handle (cudaStream_t), so that public headers need no CUDA headers.
+using Stream = void*;
+
+size_t dtype_size(DType dtype);
+const char* dtype_name(DType dtype);
+const char* device_name(Device device);
+bool is_floating(DType dtype);
+
+int64_t numel(const TensorView& t);
+bool is_contiguous(const TensorView& t);
+// "(2, 8, 4096, 128)"
+std::string shape_string(const TensorView& t);
+
+// A row-major (contiguous) view of `data` with the given shape.
+TensorView make_view(void* data, DType dtype, std::initializer_list<int64_t> shape,
+                     Device device = Device::kCpu, int device_index = 0);
+TensorView make_view(void* data, DType dtype, int rank, const int64_t* shape,
+                     Device device = Device::kCpu, int device_index = 0);
+
+// The same memory with dims `a` and `b` swapped (no copy): (B, L, H, D) <-> (B, H, L, D).
+TensorView transpose_view(TensorView t, int a, int b);
+
+}  // namespace psa

@@ -1,0 +1,379 @@
+// The public API: every function checks its arguments (src/common/validate.h), then dispatches to
+// the backend of the device its tensors live on. This file is the one dispatch point between the
+// CPU reference (src/cpu) and the CUDA backend (src/cuda).
+#include <cmath>
+#include <string>
+
+#include "common/index_math.h"
+#include "common/random.h"
+#include "common/validate.h"
+#include "cpu/cpu_backend.h"
+#include "psa/ops.h"
+#include "psa/rearrange.h"
+#if defined(PSA_WITH_CUDA)
+#include "cuda/cuda_backend.h"
+#endif
+
+namespace psa {
+
+namespace {
+
+using detail::ProblemShape;
+
+Status not_built(const char* what) {
+  return Status(StatusCode::kNotBuilt, std::string(what) +
+                                           ": psa was built without the CUDA backend "
+                                           "(rebuild with nvcc available, or -DPSA_CUDA=ON)");
+}
+
+// Checks `t` against q/k-derived expectations for outputs shaped like an input.
+Status check_like(const TensorView& t, const char* name, const TensorView& like,
+                  const char* like_name) {
+  PSA_RETURN_IF_ERROR(detail::check_tensor(t, name, like.rank));
+  PSA_RETURN_IF_ERROR(detail::check_same_device(t, name, like, like_name));
+  for (int d = 0; d < like.rank; ++d) {
+    if (t.shape[d] != like.shape[d]) {
+      return invalid_argument(std::string(name) + " must have the shape of " + like_name + " " +
+                              shape_string(like) + ", got " + shape_string(t));
+    }
+  }
+  if (t.dtype != like.dtype) {
+    return invalid_argument(std::string(name) + " must have " + like_name + "'s dtype " +
+                            dtype_name(like.dtype) + ", got " + dtype_name(t.dtype));
+  }
+  if (t.device == Device::kCuda && t.stride[t.rank - 1] != 1) {
+    return invalid_argument(std::string(name) +
+                            " must have a unit stride in its last dimension on CUDA");
+  }
+  return Status();
+}
+
+Status check_scores(const TensorView& scores, const ProblemShape& s, const Config& config,
+                    const TensorView& q) {
+  const PlanShape p = plan_shape(s.batch, s.heads_q, s.seq_q, s.seq_k, config);
+  PSA_RETURN_IF_ERROR(detail::check_tensor(scores, "scores", 4));
+  PSA_RETURN_IF_ERROR(detail::check_same_device(scores, "scores", q, "q"));
+  PSA_RETURN_IF_ERROR(detail::check_dtype(scores, "scores", {DType::kFloat32}));
+  PSA_RETURN_IF_ERROR(detail::check_shape(scores, "scores", "(B, Hq, Mq, Nk)",
+                                          {p.batch, p.heads, p.num_q_blocks, p.num_k_blocks}));
+  return detail::check_contiguous(scores, "scores");
+}
+
+Status check_plan_matches_config(const PlanView& plan, const Config& config) {
+  if (plan.block_m != config.block_m || plan.block_n != config.block_n) {
+    return invalid_argument("the plan has block_m = " + std::to_string(plan.block_m) +
+                            ", block_n = " + std::to_string(plan.block_n) +
+                            " but config has block_m = " + std::to_string(config.block_m) +
+                            ", block_n = " + std::to_string(config.block_n));
+  }
+  return Status();
+}
+
+// The shape of a plan's problem, for functions that see no q: (B, Hq, Lq) from the plan, Hkv and
+// D unknown (0).
+ProblemShape shape_of_plan(const PlanView& plan) {
+  ProblemShape s;
+  s.batch = plan.counts.rank == 4 ? plan.counts.shape[0] : 0;
+  s.heads_q = plan.counts.rank == 4 ? plan.counts.shape[1] : 0;
+  s.seq_q = plan.seq_q;
+  s.seq_k = plan.seq_k;
+  return s;
+}
+
+// k for the similarity cap: required when config.sim_cap, rank 4 with B and Hq % Hkv matching.
+Status check_sim_k(const TensorView& k, const ProblemShape& s, const Config& config,
+                   const TensorView& reference) {
+  if (!config.sim_cap) return Status();
+  PSA_RETURN_IF_ERROR(detail::check_tensor(k, "k (needed by the similarity cap)", 4));
+  PSA_RETURN_IF_ERROR(detail::check_same_device(k, "k", reference, "the plan"));
+  PSA_RETURN_IF_ERROR(detail::check_compute_dtype(k, "k"));
+  if (k.shape[0] != s.batch || k.shape[2] != s.seq_k || s.heads_q % k.shape[1] != 0) {
+    return invalid_argument("k must have shape (B, Hkv, Lk, D) with B = " +
+                            std::to_string(s.batch) + ", Lk = " + std::to_string(s.seq_k) +
+                            " and Hq = " + std::to_string(s.heads_q) +
+                            " a multiple of Hkv, got " + shape_string(k));
+  }
+  return Status();
+}
+
+}  // namespace
+
+bool cuda_backend_built() {
+#if defined(PSA_WITH_CUDA)
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool cuda_attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
+                              std::string* reason) {
+#if defined(PSA_WITH_CUDA)
+  return cuda::attention_supported(dtype, head_dim, block_m, block_n, reason);
+#else
+  (void)dtype, (void)head_dim, (void)block_m, (void)block_n;
+  if (reason) *reason = "psa was built without the CUDA backend";
+  return false;
+#endif
+}
+
+void sample_block_offsets(int32_t* offsets, uint64_t seed, int64_t batch, int64_t head, int block,
+                          int count) {
+  detail::sample_offsets(offsets, seed, batch, head, block, count);
+}
+
+// ---- Pyramid -------------------------------------------------------------------------------
+
+Status build_pyramid(PyramidView pyramid, const TensorView& k, const TensorView& v,
+                     Stream stream) {
+  PSA_RETURN_IF_ERROR(detail::check_tensor(k, "k", 4));
+  PSA_RETURN_IF_ERROR(detail::check_compute_dtype(k, "k"));
+  PSA_RETURN_IF_ERROR(check_like(v, "v", k, "k"));
+  if (k.device == Device::kCuda && k.stride[3] != 1) {
+    return invalid_argument("k must have a unit stride in the head dimension on CUDA");
+  }
+  ProblemShape s;
+  s.batch = k.shape[0];
+  s.heads_kv = k.shape[1];
+  s.seq_k = k.shape[2];
+  s.head_dim = k.shape[3];
+  PSA_RETURN_IF_ERROR(detail::check_pyramid(pyramid, s, k));
+  if (k.device == Device::kCpu) return cpu::build_pyramid(pyramid, k, v);
+#if defined(PSA_WITH_CUDA)
+  return cuda::build_pyramid(pyramid, k, v, stream);
+#else
+  (void)stream;
+  return not_built("build_pyramid");
+#endif
+}
+
+// ---- Estimator -----------------------------------------------------------------------------
+
+Status estimate_importance(TensorView scores, const TensorView& q, const TensorView& k,
+                           const Config& config, Stream stream) {
+  PSA_RETURN_IF_ERROR(validate_config(config));
+  ProblemShape s;
+  PSA_RETURN_IF_ERROR(detail::check_qkv(&s, q, k, k));
+  PSA_RETURN_IF_ERROR(check_scores(scores, s, config, q));
+  if (q.device == Device::kCpu) return cpu::estimate_importance(scores, q, k, config);
+#if defined(PSA_WITH_CUDA)
+  return cuda::estimate_importance(scores, q, k, config, stream);
+#else
+  (void)stream;
+  return not_built("estimate_importance");
+#endif
+}
+
+// ---- Planner -------------------------------------------------------------------------------
+
+size_t plan_workspace_bytes(const PlanShape& shape, Device device) {
+#if defined(PSA_WITH_CUDA)
+  if (device == Device::kCuda) return cuda::plan_workspace_bytes(shape);
+#endif
+  (void)shape, (void)device;
+  return 0;
+}
+
+Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorView& k,
+                        const Config& config, void* workspace, size_t workspace_bytes,
+                        Stream stream) {
+  PSA_RETURN_IF_ERROR(validate_config(config));
+  PSA_RETURN_IF_ERROR(check_plan_matches_config(plan, config));
+  ProblemShape s = shape_of_plan(plan);
+  PSA_RETURN_IF_ERROR(detail::check_tensor(plan.counts, "plan.counts", 4));
+  PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, plan.counts, /*check_contents=*/false));
+  PSA_RETURN_IF_ERROR(check_scores(scores, s, config, plan.counts));
+  PSA_RETURN_IF_ERROR(check_sim_k(k, s, config, plan.counts));
+  if (config.text_len > s.seq_k) {
+    return invalid_argument("config.text_len = " + std::to_string(config.text_len) +
+                            " exceeds the key length Lk = " + std::to_string(s.seq_k));
+  }
+  if (plan.counts.device == Device::kCpu) return cpu::plan_from_scores(plan, scores, k, config);
+#if defined(PSA_WITH_CUDA)
+  const size_t needed = cuda::plan_workspace_bytes(plan_shape(s.batch, s.heads_q, s.seq_q,
+                                                              s.seq_k, config));
+  if (workspace_bytes < needed || (needed > 0 && workspace == nullptr)) {
+    return invalid_argument("plan_from_scores needs a workspace of " + std::to_string(needed) +
+                            " bytes on CUDA (plan_workspace_bytes), got " +
+                            std::to_string(workspace_bytes));
+  }
+  return cuda::plan_from_scores(plan, scores, k, config, workspace, workspace_bytes, stream);
+#else
+  (void)workspace, (void)workspace_bytes, (void)stream;
+  return not_built("plan_from_scores");
+#endif
+}
+
+Status plan_from_levels(PlanView plan, const TensorView& levels, const TensorView& k,
+                        const Config& config, Stream stream) {
+  PSA_RETURN_IF_ERROR(validate_config(config));
+  PSA_RETURN_IF_ERROR(check_plan_matches_config(plan, config));
+  ProblemShape s = shape_of_plan(plan);
+  PSA_RETURN_IF_ERROR(detail::check_tensor(plan.counts, "plan.counts", 4));
+  PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, plan.counts, /*check_contents=*/false));
+  PSA_RETURN_IF_ERROR(detail::check_tensor(levels, "levels", 4));
+  PSA_RETURN_IF_ERROR(detail::check_same_device(levels, "levels", plan.counts, "the plan"));
+  PSA_RETURN_IF_ERROR(detail::check_dtype(levels, "levels", {DType::kUInt8}));
+  PSA_RETURN_IF_ERROR(detail::check_shape(levels, "levels", "(B, Hq, Mq, Nk)",
+                                          {plan.batch(), plan.heads(), plan.num_q_blocks(),
+                                           plan.num_k_blocks()}));
+  PSA_RETURN_IF_ERROR(detail::check_contiguous(levels, "levels"));
+  PSA_RETURN_IF_ERROR(check_sim_k(k, s, config, plan.counts));
+  if (plan.counts.device == Device::kCpu) return cpu::plan_from_levels(plan, levels, k, config);
+#if defined(PSA_WITH_CUDA)
+  return cuda::plan_from_levels(plan, levels, k, config, stream);
+#else
+  (void)stream;
+  return not_built("plan_from_levels");
+#endif
+}
+
+Status plan_to_levels(TensorView levels, const PlanView& plan, Stream stream) {
+  ProblemShape s = shape_of_plan(plan);
+  PSA_RETURN_IF_ERROR(detail::check_tensor(plan.counts, "plan.counts", 4));
+  PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, plan.counts, /*check_contents=*/true));
+  PSA_RETURN_IF_ERROR(detail::check_tensor(levels, "levels", 4));
+  PSA_RETURN_IF_ERROR(detail::check_same_device(levels, "levels", plan.counts, "the plan"));
+  PSA_RETURN_IF_ERROR(detail::check_dtype(levels, "levels", {DType::kUInt8}));
+  PSA_RETURN_IF_ERROR(detail::check_shape(levels, "levels", "(B, Hq, Mq, Nk)",
+                                          {plan.batch(), plan.heads(), plan.num_q_blocks(),
+                                           plan.num_k_blocks()}));
+  PSA_RETURN_IF_ERROR(detail::check_contiguous(levels, "levels"));
+  if (plan.counts.device == Device::kCpu) return cpu::plan_to_levels(levels, plan);
+#if defined(PSA_WITH_CUDA)
+  return cuda::plan_to_levels(levels, plan, stream);
+#else
+  (void)stream;
+  return not_built("plan_to_levels");
+#endif
+}
+
+Status plan_statistics(PlanStats* stats, const PlanView& plan) {
+  if (stats == nullptr) return invalid_argument("stats must not be null");
+  ProblemShape s = shape_of_plan(plan);
+  PSA_RETURN_IF_ERROR(detail::check_tensor(plan.counts, "plan.counts", 4));
+  if (plan.counts.device != Device::kCpu) {
+    return invalid_argument("plan_statistics reads a host plan; copy the plan to the CPU first");
+  }
+  PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, plan.counts, /*check_contents=*/true));
+  return cpu::plan_statistics(stats, plan);
+}
+
+// ---- Attention -----------------------------------------------------------------------------
+
+Status attention_forward(TensorView out, TensorView lse, const TensorView& q, const TensorView& k,
+                         const TensorView& v, const PyramidView& pyramid, const PlanView& plan,
+                         const Config& config, Stream stream) {
+  PSA_RETURN_IF_ERROR(validate_config(config));
+  ProblemShape s;
+  PSA_RETURN_IF_ERROR(detail::check_qkv(&s, q, k, v));
+  PSA_RETURN_IF_ERROR(check_like(out, "out", q, "q"));
+  PSA_RETURN_IF_ERROR(detail::check_lse(lse, s, q, /*required=*/false));
+  PSA_RETURN_IF_ERROR(detail::check_pyramid(pyramid, s, k));
+  PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, q, /*check_contents=*/true));
+  if (q.device == Device::kCpu) {
+    return cpu::attention_forward(out, lse, q, k, v, pyramid, plan, config);
+  }
+#if defined(PSA_WITH_CUDA)
+  std::string reason;
+  if (!cuda::attention_supported(q.dtype, s.head_dim, plan.block_m, plan.block_n, &reason)) {
+    return unsupported("attention_forward on CUDA: " + reason);
+  }
+  return cuda::attention_forward(out, lse, q, k, v, pyramid, plan, config, stream);
+#else
+  (void)stream;
+  return not_built("attention_forward");
+#endif
+}
+
+Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const TensorView& dout,
+                          const TensorView& q, const TensorView& k, const TensorView& v,
+                          const TensorView& out, const TensorView& lse, const PlanView& plan,
+                          const Config& config, Stream stream) {
+  (void)stream;
+  PSA_RETURN_IF_ERROR(validate_config(config));
+  ProblemShape s;
+  PSA_RETURN_IF_ERROR(detail::check_qkv(&s, q, k, v));
+  PSA_RETURN_IF_ERROR(check_like(dq, "dq", q, "q"));
+  PSA_RETURN_IF_ERROR(check_like(dk, "dk", k, "k"));
+  PSA_RETURN_IF_ERROR(check_like(dv, "dv", v, "v"));
+  PSA_RETURN_IF_ERROR(check_like(dout, "dout", q, "q"));
+  PSA_RETURN_IF_ERROR(check_like(out, "out", q, "q"));
+  PSA_RETURN_IF_ERROR(detail::check_lse(lse, s, q, /*required=*/true));
+  PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, q, /*check_contents=*/true));
+  if (q.device == Device::kCpu) {
+    return cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, plan, config);
+  }
+  return unsupported(
+      "attention_backward on CUDA is not implemented yet; run the backward on the CPU backend");
+}
+
+Status dense_attention_forward(TensorView out, TensorView lse, const TensorView& q,
+                               const TensorView& k, const TensorView& v, bool causal, float scale,
+                               Stream stream) {
+  (void)stream;
+  ProblemShape s;
+  PSA_RETURN_IF_ERROR(detail::check_qkv(&s, q, k, v));
+  PSA_RETURN_IF_ERROR(check_like(out, "out", q, "q"));
+  PSA_RETURN_IF_ERROR(detail::check_lse(lse, s, q, /*required=*/false));
+  if (!(scale >= 0.0f) || !std::isfinite(scale)) {
+    return invalid_argument("scale must be finite and >= 0 (0 = 1/sqrt(D)), got " +
+                            std::to_string(scale));
+  }
+  if (q.device == Device::kCpu) return cpu::dense_attention_forward(out, lse, q, k, v, causal, scale);
+  return unsupported(
+      "dense_attention_forward is the CPU reference; on CUDA use attention_forward with an "
+      "all-level-1 plan or cuDNN");
+}
+
+Status dense_attention_backward(TensorView dq, TensorView dk, TensorView dv, const TensorView& dout,
+                                const TensorView& q, const TensorView& k, const TensorView& v,
+                                const TensorView& out, const TensorView& lse, bool causal,
+                                float scale, Stream stream) {
+  (void)stream;
+  ProblemShape s;
+  PSA_RETURN_IF_ERROR(detail::check_qkv(&s, q, k, v));
+  PSA_RETURN_IF_ERROR(check_like(dq, "dq", q, "q"));
+  PSA_RETURN_IF_ERROR(check_like(dk, "dk", k, "k"));
+  PSA_RETURN_IF_ERROR(check_like(dv, "dv", v, "v"));
+  PSA_RETURN_IF_ERROR(check_like(dout, "dout", q, "q"));
+  PSA_RETURN_IF_ERROR(check_like(out, "out", q, "q"));
+  PSA_RETURN_IF_ERROR(detail::check_lse(lse, s, q, /*required=*/true));
+  if (!(scale >= 0.0f) || !std::isfinite(scale)) {
+    return invalid_argument("scale must be finite and >= 0 (0 = 1/sqrt(D)), got " +
+                            std::to_string(scale));
+  }
+  if (q.device == Device::kCpu) {
+    return cpu::dense_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal, scale);
+  }
+  return unsupported("dense_attention_backward is the CPU reference only");
+}
+
+// ---- Rearrangement -------------------------------------------------------------------------
+
+Status permute_tokens(TensorView out, const TensorView& in, const int64_t* perm, Stream stream) {
+  PSA_RETURN_IF_ERROR(detail::check_tensor(in, "in", 4));
+  PSA_RETURN_IF_ERROR(check_like(out, "out", in, "in"));
+  if (perm == nullptr) return invalid_argument("perm must not be null");
+  if (out.data == in.data) {
+    return invalid_argument("permute_tokens cannot work in place: out and in share memory");
+  }
+  if (in.device == Device::kCpu) {
+    const int64_t n = in.shape[2];
+    for (int64_t i = 0; i < n; ++i) {
+      if (perm[i] < 0 || perm[i] >= n) {
+        return invalid_argument("perm[" + std::to_string(i) + "] = " + std::to_string(perm[i]) +
+                                " is outside [0, L = " + std::to_string(n) + ")");
+      }
+    }
+    return cpu::permute_tokens(out, in, perm);
+  }
+#if defined(PSA_WITH_CUDA)
+  return cuda::permute_tokens(out, in, perm, stream);
+#else
+  (void)stream;
+  return not_built("permute_tokens");
+#endif
+}
+
+}  // namespace psa

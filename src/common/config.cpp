@@ -1,0 +1,108 @@
+#include <cmath>
+#include <sstream>
+
+#include "common/index_math.h"
+#include "psa/config.h"
+#include "psa/plan.h"
+
+namespace psa {
+
+const char* plan_mode_name(PlanMode mode) {
+  return mode == PlanMode::kTopK ? "topk" : "thresholdbound";
+}
+const char* text_position_name(TextPosition position) {
+  return position == TextPosition::kStart ? "start" : "end";
+}
+
+namespace {
+constexpr int kMinBlock = 16;
+constexpr int kMaxBlock = 256;  // the estimator's offset shuffle keeps a block of offsets on stack
+
+Status check_block(const char* name, int value) {
+  if (!detail::is_power_of_two(value) || value < kMinBlock || value > kMaxBlock) {
+    std::ostringstream os;
+    os << "config." << name << " must be a power of two in [" << kMinBlock << ", " << kMaxBlock
+       << "], got " << value;
+    return invalid_argument(os.str());
+  }
+  return Status();
+}
+}  // namespace
+
+Status validate_config(const Config& c) {
+  PSA_RETURN_IF_ERROR(check_block("block_m", c.block_m));
+  PSA_RETURN_IF_ERROR(check_block("block_n", c.block_n));
+  if (!detail::is_power_of_two(c.tile_n) || c.tile_n > c.block_n) {
+    return invalid_argument("config.tile_n must be a power of two <= block_n (" +
+                            std::to_string(c.block_n) + "), got " + std::to_string(c.tile_n));
+  }
+  double previous = 0.0;
+  for (int l = 0; l < kNumLevels; ++l) {
+    const double e = c.ends[l];
+    if (!(e >= 0.0 && e <= 1.0)) {
+      return invalid_argument("config.ends[" + std::to_string(l) + "] (level " +
+                              std::to_string(kLevelFactors[l]) + ") must be in [0, 1], got " +
+                              std::to_string(e));
+    }
+    if (e < previous) {
+      return invalid_argument("config.ends must be non-decreasing (e1 <= e2 <= e4 <= e8); level " +
+                              std::to_string(kLevelFactors[l]) + " ends at " + std::to_string(e) +
+                              " before the previous level's end " + std::to_string(previous));
+    }
+    previous = e;
+  }
+  if (!(c.min_full_ratio >= 0.0 && c.min_full_ratio <= 1.0)) {
+    return invalid_argument("config.min_full_ratio must be in [0, 1], got " +
+                            std::to_string(c.min_full_ratio));
+  }
+  if (c.samples_m < 0 || c.samples_m > c.block_m) {
+    return invalid_argument("config.samples_m must be in [0, block_m] (0 = block_m/4), got " +
+                            std::to_string(c.samples_m));
+  }
+  if (c.samples_n < 0 || c.samples_n > c.block_n) {
+    return invalid_argument("config.samples_n must be in [0, block_n] (0 = block_n/4), got " +
+                            std::to_string(c.samples_n));
+  }
+  if (c.text_len < 0) {
+    return invalid_argument("config.text_len must be >= 0, got " + std::to_string(c.text_len));
+  }
+  for (int i = 0; i < 3; ++i) {
+    const float t = c.sim_thresholds[i];
+    if (!(t >= -1.0f && t <= 1.0f)) {
+      return invalid_argument("config.sim_thresholds[" + std::to_string(i) + "] (x" +
+                              std::to_string(2 << i) + ") must be a cosine in [-1, 1], got " +
+                              std::to_string(t));
+    }
+  }
+  if (!(c.softmax_scale >= 0.0f) || !std::isfinite(c.softmax_scale)) {
+    return invalid_argument("config.softmax_scale must be finite and >= 0 (0 = 1/sqrt(D)), got " +
+                            std::to_string(c.softmax_scale));
+  }
+  return Status();
+}
+
+double topk_row_density(const Config& c, int64_t nk) {
+  int64_t start = 0;
+  double density = 0.0;
+  for (int l = 0; l < kNumLevels; ++l) {
+    const int64_t f = kLevelFactors[l];
+    int64_t end = detail::min64(nk, static_cast<int64_t>(std::floor(static_cast<double>(nk) * c.ends[l])));
+    if (l == 0) end = detail::max64(end, 1);
+    end = detail::align_interval_end(start, end, detail::alignment_of(f, c.block_n, c.tile_n), nk);
+    density += static_cast<double>(end - start) / static_cast<double>(f);
+    start = end;
+  }
+  return density / static_cast<double>(nk);
+}
+
+PlanShape plan_shape(int64_t batch, int64_t heads_q, int64_t seq_q, int64_t seq_k,
+                     const Config& config) {
+  PlanShape s;
+  s.batch = batch;
+  s.heads = heads_q;
+  s.num_q_blocks = detail::ceil_div(seq_q, config.block_m);
+  s.num_k_blocks = detail::ceil_div(seq_k, config.block_n);
+  return s;
+}
+
+}  // namespace psa

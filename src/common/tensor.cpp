@@ -1,0 +1,93 @@
+#include "psa/tensor.h"
+
+#include <sstream>
+#include <utility>
+
+namespace psa {
+
+size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return 4;
+    case DType::kFloat16: return 2;
+    case DType::kBFloat16: return 2;
+    case DType::kFloat64: return 8;
+    case DType::kInt32: return 4;
+    case DType::kInt64: return 8;
+    case DType::kUInt8: return 1;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat16: return "float16";
+    case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat64: return "float64";
+    case DType::kInt32: return "int32";
+    case DType::kInt64: return "int64";
+    case DType::kUInt8: return "uint8";
+  }
+  return "unknown";
+}
+
+const char* device_name(Device device) { return device == Device::kCpu ? "cpu" : "cuda"; }
+
+bool is_floating(DType dtype) {
+  return dtype == DType::kFloat32 || dtype == DType::kFloat16 || dtype == DType::kBFloat16 ||
+         dtype == DType::kFloat64;
+}
+
+int64_t numel(const TensorView& t) {
+  int64_t n = 1;
+  for (int d = 0; d < t.rank; ++d) n *= t.shape[d];
+  return n;
+}
+
+bool is_contiguous(const TensorView& t) {
+  int64_t expected = 1;
+  for (int d = t.rank - 1; d >= 0; --d) {
+    if (t.shape[d] != 1 && t.stride[d] != expected) return false;
+    expected *= t.shape[d];
+  }
+  return true;
+}
+
+std::string shape_string(const TensorView& t) {
+  std::ostringstream os;
+  os << "(";
+  for (int d = 0; d < t.rank; ++d) os << (d ? ", " : "") << t.shape[d];
+  os << ")";
+  return os.str();
+}
+
+TensorView make_view(void* data, DType dtype, int rank, const int64_t* shape, Device device,
+                     int device_index) {
+  TensorView t;
+  t.data = data;
+  t.dtype = dtype;
+  t.device = device;
+  t.device_index = device_index;
+  t.rank = rank;
+  int64_t stride = 1;
+  for (int d = rank - 1; d >= 0; --d) {
+    t.shape[d] = shape[d];
+    t.stride[d] = stride;
+    stride *= shape[d];
+  }
+  return t;
+}
+
+TensorView make_view(void* data, DType dtype, std::initializer_list<int64_t> shape, Device device,
+                     int device_index) {
+  return make_view(data, dtype, static_cast<int>(shape.size()), shape.begin(), device,
+                   device_index);
+}
+
+TensorView transpose_view(TensorView t, int a, int b) {
+  std::swap(t.shape[a], t.shape[b]);
+  std::swap(t.stride[a], t.stride[b]);
+  return t;
+}
+
+}  // namespace psa

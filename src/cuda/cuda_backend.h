@@ -1,0 +1,34 @@
+// The CUDA backend (sm_90). Host-side launchers: they assume arguments checked by the public API
+// (src/api.cpp), enqueue on `stream`, check every launch, and never synchronise the device.
+// Compiled only when nvcc is present (PSA_WITH_CUDA).
+#pragma once
+
+#include <string>
+
+#include "psa/ops.h"
+
+namespace psa::cuda {
+
+Status build_pyramid(PyramidView pyramid, const TensorView& k, const TensorView& v, Stream stream);
+
+Status estimate_importance(TensorView scores, const TensorView& q, const TensorView& k,
+                           const Config& config, Stream stream);
+
+size_t plan_workspace_bytes(const PlanShape& shape);
+Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorView& k,
+                        const Config& config, void* workspace, size_t workspace_bytes,
+                        Stream stream);
+Status plan_from_levels(PlanView plan, const TensorView& levels, const TensorView& k,
+                        const Config& config, Stream stream);
+Status plan_to_levels(TensorView levels, const PlanView& plan, Stream stream);
+
+Status attention_forward(TensorView out, TensorView lse, const TensorView& q, const TensorView& k,
+                         const TensorView& v, const PyramidView& pyramid, const PlanView& plan,
+                         const Config& config, Stream stream);
+
+bool attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
+                         std::string* reason);
+
+Status permute_tokens(TensorView out, const TensorView& in, const int64_t* perm, Stream stream);
+
+}  // namespace psa::cuda
