@@ -70,8 +70,8 @@ PSA_HOST_DEVICE void threshold_crossings(int64_t* crossing, const float* sorted,
   double cumulative = 0.0;
   for (int64_t k = 0; k < visible; ++k) {
     cumulative += static_cast<double>(sorted[k]);
-    const double e_k = uniform ? static_cast<double>(k + 1) / static_cast<double>(visible)
-                               : cumulative / total;
+    const double e_k =
+        uniform ? static_cast<double>(k + 1) / static_cast<double>(visible) : cumulative / total;
     for (int l = 0; l < 4; ++l) crossing[l] += (e_k <= ends[l] + kThresholdSlack) ? 1 : 0;
   }
 }
