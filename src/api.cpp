@@ -117,9 +117,20 @@ bool cuda_attention_supported(DType dtype, int64_t head_dim, int block_m, int bl
 #endif
 }
 
-void sample_block_offsets(int32_t* offsets, uint64_t seed, int64_t batch, int64_t head, int block,
-                          int count) {
+Status sample_block_offsets(int32_t* offsets, uint64_t seed, int64_t batch, int64_t head,
+                            int block, int count) {
+  // detail::sample_offsets shuffles a pool of `block` offsets on the stack (256 at most).
+  constexpr int kMaxSampledBlock = 256;
+  if (block < 1 || block > kMaxSampledBlock) {
+    return invalid_argument("block must be in [1, 256], got " + std::to_string(block));
+  }
+  if (count < 0 || count > block) {
+    return invalid_argument("count must be in [0, block = " + std::to_string(block) + "], got " +
+                            std::to_string(count));
+  }
+  if (offsets == nullptr && count > 0) return invalid_argument("offsets must not be null");
   detail::sample_offsets(offsets, seed, batch, head, block, count);
+  return Status();
 }
 
 // ---- Pyramid -------------------------------------------------------------------------------

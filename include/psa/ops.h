@@ -39,7 +39,8 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
 
 // The sampled intra-block offsets of (batch, head) (SPEC 4.1), so that every backend and test
 // uses the same ones: `offsets` receives `count` distinct values in [0, block).
-void sample_block_offsets(int32_t* offsets, uint64_t seed, int64_t batch, int64_t head,
+// block in [1, 256], count in [0, block].
+Status sample_block_offsets(int32_t* offsets, uint64_t seed, int64_t batch, int64_t head,
                           int block, int count);
 
 // ---- The planner (SPEC 5) -------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 #include "common/index_math.h"
 #include "common/planner_rules.h"
+#include "common/random.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/cpu_util.h"
 
@@ -55,9 +56,9 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
     // stream (detail::key_offset_stream), so the query heads of a group share the sampled keys.
     std::vector<int32_t> q_offsets(static_cast<size_t>(samples_m));
     std::vector<int32_t> k_offsets(static_cast<size_t>(samples_n));
-    sample_block_offsets(q_offsets.data(), config.seed, b, h, static_cast<int>(block_m), samples_m);
-    sample_block_offsets(k_offsets.data(), config.seed, b, detail::key_offset_stream(hkv),
-                         static_cast<int>(block_n), samples_n);
+    detail::sample_offsets(q_offsets.data(), config.seed, b, h, static_cast<int>(block_m), samples_m);
+    detail::sample_offsets(k_offsets.data(), config.seed, b, detail::key_offset_stream(hkv),
+                           static_cast<int>(block_n), samples_n);
     // (Mq, s_m, D) sampled queries and (Nk, s_n, D) sampled keys.
     std::vector<float> q_rows, k_rows;
     gather_sampled_rows(q_rows, q, b, h, block_m, q_offsets);

@@ -242,6 +242,14 @@ TEST(ApiValidation, Backward) {
                  {"dk", "shape of k"});
 }
 
+TEST(ApiValidation, SampleBlockOffsets) {
+  std::vector<int32_t> offsets(512);
+  expect_invalid(sample_block_offsets(offsets.data(), 0, 0, 0, 512, 4), {"block", "256"});
+  expect_invalid(sample_block_offsets(offsets.data(), 0, 0, 0, 64, 65), {"count", "64"});
+  expect_invalid(sample_block_offsets(nullptr, 0, 0, 0, 64, 4), {"offsets"});
+  EXPECT_TRUE(sample_block_offsets(offsets.data(), 0, 0, 0, 64, 16).ok());
+}
+
 TEST(ApiValidation, DenseScale) {
   Problem p;
   expect_invalid(dense_attention_forward(p.out.view(), TensorView{}, p.qkv.q.view(),

@@ -40,9 +40,9 @@ TEST(EstimatorOffsets, DistinctInRangeAndReproducible) {
     for (int count : {1, block / 4, block}) {
       for (int64_t head : {int64_t{0}, int64_t{3}, detail::key_offset_stream(1)}) {
         std::vector<int32_t> a(static_cast<size_t>(count), -1), b(a), c(a);
-        sample_block_offsets(a.data(), seed, 1, head, block, count);
-        sample_block_offsets(b.data(), seed, 1, head, block, count);
-        sample_block_offsets(c.data(), seed + 1, 1, head, block, count);
+        ASSERT_TRUE(sample_block_offsets(a.data(), seed, 1, head, block, count).ok());
+        ASSERT_TRUE(sample_block_offsets(b.data(), seed, 1, head, block, count).ok());
+        ASSERT_TRUE(sample_block_offsets(c.data(), seed + 1, 1, head, block, count).ok());
         const std::set<int32_t> distinct(a.begin(), a.end());
         EXPECT_EQ(distinct.size(), a.size()) << "block " << block << " " << test::replay_hint(seed);
         EXPECT_GE(*distinct.begin(), 0);
@@ -57,8 +57,8 @@ TEST(EstimatorOffsets, DistinctInRangeAndReproducible) {
   }
   // Queries and keys of the same head index draw on different counter streams.
   std::vector<int32_t> q_offsets(16), k_offsets(16);
-  sample_block_offsets(q_offsets.data(), seed, 0, 0, 64, 16);
-  sample_block_offsets(k_offsets.data(), seed, 0, detail::key_offset_stream(0), 64, 16);
+  ASSERT_TRUE(sample_block_offsets(q_offsets.data(), seed, 0, 0, 64, 16).ok());
+  ASSERT_TRUE(sample_block_offsets(k_offsets.data(), seed, 0, detail::key_offset_stream(0), 64, 16).ok());
   EXPECT_NE(q_offsets, k_offsets) << test::replay_hint(seed);
 }
 
@@ -76,9 +76,9 @@ std::vector<double> brute_force_scores(const HostTensor& q, const HostTensor& k,
     for (int64_t h = 0; h < hq; ++h) {
       const int64_t g = h / (hq / hkv);
       std::vector<int32_t> qo(sm), ko(sn);
-      sample_block_offsets(qo.data(), config.seed, b, h, static_cast<int>(bm), sm);
-      sample_block_offsets(ko.data(), config.seed, b, (int64_t{1} << 20) + g, static_cast<int>(bn),
-                           sn);
+      EXPECT_TRUE(sample_block_offsets(qo.data(), config.seed, b, h, static_cast<int>(bm), sm).ok());
+      EXPECT_TRUE(sample_block_offsets(ko.data(), config.seed, b, (int64_t{1} << 20) + g, static_cast<int>(bn),
+                           sn).ok());
       for (int64_t i = 0; i < mq; ++i) {
         std::vector<std::vector<double>> r(sm, std::vector<double>(nk, -INFINITY));
         std::vector<double> m(sm, -INFINITY);
