@@ -57,7 +57,12 @@ Status gilbert_order(int64_t* order, int64_t frames, int64_t height, int64_t wid
   if (order == nullptr) return invalid_argument("gilbert_order: order must not be null");
   int64_t next = 0;
   const int64_t plane = height * width;
-  auto visit = [&](int64_t x, int64_t y, int64_t t) { order[next++] = t * plane + y * width + x; };
+  // The curve is tested to visit each cell once; the bound keeps a broken curve from writing past
+  // `order` (the count check below then reports it).
+  auto visit = [&](int64_t x, int64_t y, int64_t t) {
+    if (next < count) order[next] = t * plane + y * width + x;
+    ++next;
+  };
   detail::gilbert_visit(frames, height, width, visit);
   if (next != count) {
     return Status(StatusCode::kInternal, "gilbert_order: the curve visited " +
