@@ -1,0 +1,61 @@
+"""psa: Pyramid Sparse Attention for video transformers.
+
+    import psa
+    out = psa.attention(q, k, v, preset="Wan2.1_1.3b:psa_balanced")   # (B, H, L, D) tensors
+    plan = psa.plan(q, k, psa.Config(block_n=128))                     # inspect, then reuse
+    out = psa.attention(q, k, v, plan=plan)
+
+torch tensors (CPU or CUDA) go through torch custom ops with autograd and torch.compile support;
+NumPy arrays go straight to the C++ library. See docs/python.md.
+"""
+
+try:
+    from psa import _C
+except ImportError as error:  # a source checkout without a build
+    raise ImportError(
+        "psa's compiled extension psa._C is missing; install the package with `pip install .` "
+        f"from the repository root ({error})") from error
+
+from psa.config import Config, Preset, default_config, list_presets, load_preset
+from psa.functional import attention, dense_attention, plan, plan_from_levels
+from psa.plan import LEVELS, Plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "LEVELS",
+    "Plan",
+    "PSAAttention",
+    "Preset",
+    "attention",
+    "cuda_available",
+    "default_config",
+    "dense_attention",
+    "list_presets",
+    "load_preset",
+    "plan",
+    "plan_from_levels",
+]
+
+
+def cuda_available() -> bool:
+    """Whether this build has the CUDA backend."""
+    return bool(_C.cuda_backend_built())
+
+
+def __getattr__(name):
+    # PSAAttention needs torch; import it on first use so that NumPy-only installs still work.
+    if name == "PSAAttention":
+        from psa.modules import PSAAttention
+        return PSAAttention
+    raise AttributeError(f"module 'psa' has no attribute {name!r}")
+
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError:
+    pass
+else:
+    import psa.ops  # noqa: F401  registers the torch.ops.psa custom ops
+    from psa.modules import PSAAttention  # noqa: F811
