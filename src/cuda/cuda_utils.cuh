@@ -1,0 +1,87 @@
+// Helpers shared by the CUDA launchers and kernels: CUDA errors as psa::Status values, the
+// stream handle, a device guard, and fp16 / bf16 element access in fp32.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "psa/status.h"
+#include "psa/tensor.h"
+
+namespace psa::cuda {
+
+// "CUDA error in <what>: <cudaGetErrorString>", or ok.
+inline Status cuda_check(cudaError_t error, const char* what) {
+  if (error == cudaSuccess) return Status();
+  return Status(StatusCode::kCudaError,
+                std::string("CUDA error in ") + what + ": " + cudaGetErrorString(error));
+}
+
+// Checks the launch just enqueued (configuration errors surface here; execution errors surface at
+// the caller's next synchronisation, as for every asynchronous CUDA call).
+inline Status check_launch(const char* kernel_name) {
+  return cuda_check(cudaGetLastError(), kernel_name);
+}
+
+inline cudaStream_t to_cuda_stream(Stream stream) { return static_cast<cudaStream_t>(stream); }
+
+// Makes `device_index` current for the scope of a launcher and restores the caller's device, so
+// that tensors on a second GPU run there without the caller switching devices.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device_index) : status_(switch_to(device_index)) {}
+  ~DeviceGuard() {
+    if (switched_) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+  const Status& status() const { return status_; }
+
+ private:
+  Status switch_to(int device_index) {
+    Status status = cuda_check(cudaGetDevice(&previous_), "cudaGetDevice");
+    if (!status.ok() || previous_ == device_index) return status;
+    Status set = cuda_check(cudaSetDevice(device_index), "cudaSetDevice");
+    switched_ = set.ok();
+    return set;
+  }
+
+  // Declared before status_, which is initialised from switch_to().
+  int previous_ = 0;
+  bool switched_ = false;
+  Status status_;
+};
+
+// Grid sizes are int64 products of tensor dims; CUDA's x dimension takes up to 2^31 - 1 blocks.
+constexpr int64_t kMaxGridX = 2147483647;
+
+// ---- Element access in fp32 (device) ----------------------------------------------------------
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(float x) { return x; }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+
+// True when `ptr` is aligned for `bytes`-wide vector access.
+inline bool is_aligned(const void* ptr, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+}
+
+}  // namespace psa::cuda
