@@ -20,7 +20,7 @@ namespace {
 
 using detail::ProblemShape;
 
-Status not_built(const char* what) {
+[[maybe_unused]] Status not_built(const char* what) {
   return Status(StatusCode::kNotBuilt, std::string(what) +
                                            ": psa was built without the CUDA backend "
                                            "(rebuild with nvcc available, or -DPSA_CUDA=ON)");
