@@ -1,0 +1,144 @@
+// The one dispatch point of the attention forward: runtime dtype, head dim and block_m become
+// template parameters here; everything the kernel assumes beyond the public API's checks (unit
+// stride on D, 16-byte aligned rows) is checked here and reported as kUnsupported.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <string>
+
+#include "common/index_math.h"
+#include "cuda/attention/attention_launch.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_utils.cuh"
+
+namespace psa::cuda {
+
+namespace {
+
+constexpr double kLog2e = 1.4426950408889634;
+// cp.async moves 16-byte chunks: 8 elements of 16 bits.
+constexpr int64_t kChunkElems = 8;
+
+// Unit stride on D and every other stride a multiple of 8 elements from a 16-byte aligned base,
+// so that each row is a run of whole 16-byte chunks.
+Status check_rows_aligned(const TensorView& t, const std::string& name) {
+  if (t.stride[t.rank - 1] != 1 && t.shape[t.rank - 1] > 1) {
+    return unsupported(name + " must have unit stride on the head dimension on CUDA, got stride " +
+                       std::to_string(t.stride[t.rank - 1]));
+  }
+  if (!is_aligned(t.data, 16)) {
+    return unsupported(name + " must be 16-byte aligned on CUDA");
+  }
+  for (int d = 0; d < t.rank - 1; ++d) {
+    if (t.stride[d] % kChunkElems != 0 && t.shape[d] > 1) {
+      return unsupported(name + " strides must be multiples of 8 elements on CUDA (16-byte rows), "
+                         "got stride " + std::to_string(t.stride[d]) + " on dim " +
+                         std::to_string(d));
+    }
+  }
+  return Status();
+}
+
+int log2_int(int x) {
+  int l = 0;
+  while ((1 << l) < x) ++l;
+  return l;
+}
+
+}  // namespace
+
+bool attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
+                         std::string* reason) {
+  std::string why;
+  if (dtype != DType::kBFloat16 && dtype != DType::kFloat16) {
+    why = std::string("dtype ") + dtype_name(dtype) + " is not supported (bf16, fp16)";
+  } else if (head_dim != 64 && head_dim != 128) {
+    why = "head dim " + std::to_string(head_dim) + " is not supported (64, 128)";
+  } else if (block_m != 64 && block_m != 128) {
+    why = "block_m " + std::to_string(block_m) + " is not supported (64, 128)";
+  } else if (block_n != 32 && block_n != 64 && block_n != 128) {
+    why = "block_n " + std::to_string(block_n) + " is not supported (32, 64, 128)";
+  }
+  if (reason != nullptr) *reason = why;
+  return why.empty();
+}
+
+Status attention_forward(TensorView out, TensorView lse, const TensorView& q, const TensorView& k,
+                         const TensorView& v, const PyramidView& pyramid, const PlanView& plan,
+                         const Config& config, Stream stream) {
+  const int64_t head_dim = q.shape[3];
+  std::string reason;
+  if (!attention_supported(q.dtype, head_dim, plan.block_m, plan.block_n, &reason)) {
+    return unsupported("attention_forward on CUDA: " + reason);
+  }
+  PSA_RETURN_IF_ERROR(check_rows_aligned(q, "q"));
+  PSA_RETURN_IF_ERROR(check_rows_aligned(k, "k"));
+  PSA_RETURN_IF_ERROR(check_rows_aligned(v, "v"));
+  PSA_RETURN_IF_ERROR(check_rows_aligned(out, "out"));
+  for (int l = 0; l < kNumPooledLevels; ++l) {
+    const std::string level = std::to_string(kLevelFactors[l + 1]);
+    PSA_RETURN_IF_ERROR(check_rows_aligned(pyramid.k[l], "pyramid.k (factor " + level + ")"));
+    PSA_RETURN_IF_ERROR(check_rows_aligned(pyramid.v[l], "pyramid.v (factor " + level + ")"));
+  }
+
+  AttentionParams p;
+  p.q = q.data;
+  p.out = out.data;
+  p.q_batch_stride = q.stride[0];
+  p.q_head_stride = q.stride[1];
+  p.q_row_stride = q.stride[2];
+  p.out_batch_stride = out.stride[0];
+  p.out_head_stride = out.stride[1];
+  p.out_row_stride = out.stride[2];
+  if (!lse.empty() && lse.data != nullptr) {
+    p.lse = static_cast<float*>(lse.data);
+    p.lse_batch_stride = lse.stride[0];
+    p.lse_head_stride = lse.stride[1];
+    p.lse_row_stride = lse.stride[2];
+  }
+  const TensorView* level_k[kAttentionLevels] = {&k, &pyramid.k[0], &pyramid.k[1], &pyramid.k[2]};
+  const TensorView* level_v[kAttentionLevels] = {&v, &pyramid.v[0], &pyramid.v[1], &pyramid.v[2]};
+  for (int l = 0; l < kAttentionLevels; ++l) {
+    p.k[l] = level_k[l]->data;
+    p.v[l] = level_v[l]->data;
+    p.k_batch_stride[l] = level_k[l]->stride[0];
+    p.k_head_stride[l] = level_k[l]->stride[1];
+    p.k_row_stride[l] = level_k[l]->stride[2];
+    p.v_batch_stride[l] = level_v[l]->stride[0];
+    p.v_head_stride[l] = level_v[l]->stride[1];
+    p.v_row_stride[l] = level_v[l]->stride[2];
+  }
+  p.counts = static_cast<const int32_t*>(plan.counts.data);
+  p.blocks = static_cast<const int32_t*>(plan.blocks.data);
+  p.batch = static_cast<int>(q.shape[0]);
+  p.heads_q = static_cast<int>(q.shape[1]);
+  p.heads_kv = static_cast<int>(k.shape[1]);
+  p.seq_q = static_cast<int>(q.shape[2]);
+  p.seq_k = static_cast<int>(k.shape[2]);
+  p.num_q_blocks = static_cast<int>(detail::ceil_div(p.seq_q, plan.block_m));
+  p.num_k_blocks = static_cast<int>(detail::ceil_div(p.seq_k, plan.block_n));
+  p.block_n = plan.block_n;
+  p.log2_block_n = log2_int(plan.block_n);
+  const double scale = config.softmax_scale != 0.0f
+                           ? static_cast<double>(config.softmax_scale)
+                           : 1.0 / std::sqrt(static_cast<double>(head_dim));
+  p.scale_log2 = static_cast<float>(scale * kLog2e);
+  p.causal = config.causal;
+  if (p.heads_q > 65535 || p.batch > 65535) {
+    return unsupported("attention_forward on CUDA: B and Hq must be <= 65535 (grid limits), got " +
+                       shape_string(q));
+  }
+
+  DeviceGuard guard(q.device_index);
+  PSA_RETURN_IF_ERROR(guard.status());
+  const cudaStream_t cuda_stream = to_cuda_stream(stream);
+  const bool bf16 = q.dtype == DType::kBFloat16;
+  if (head_dim == 64) {
+    return bf16 ? launch_attention_forward<__nv_bfloat16, 64>(p, plan.block_m, cuda_stream)
+                : launch_attention_forward<__half, 64>(p, plan.block_m, cuda_stream);
+  }
+  return bf16 ? launch_attention_forward<__nv_bfloat16, 128>(p, plan.block_m, cuda_stream)
+              : launch_attention_forward<__half, 128>(p, plan.block_m, cuda_stream);
+}
+
+}  // namespace psa::cuda

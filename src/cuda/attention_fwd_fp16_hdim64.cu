@@ -1,0 +1,7 @@
+// Attention forward instantiation: fp16, head dim 64, block_m 64 and 128.
+#include "cuda/attention/attention_launch.cuh"
+
+namespace psa::cuda {
+template Status launch_attention_forward<__half, 64>(const AttentionParams&, int,
+                                                       cudaStream_t);
+}  // namespace psa::cuda
