@@ -35,7 +35,8 @@ class DeviceGuard {
  public:
   explicit DeviceGuard(int device_index) : status_(switch_to(device_index)) {}
   ~DeviceGuard() {
-    if (switched_) cudaSetDevice(previous_);
+    // A destructor cannot report; restoring a device that was current a moment ago does not fail.
+    if (switched_) static_cast<void>(cudaSetDevice(previous_));
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
