@@ -151,12 +151,15 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     for (int s = 0; s < kStages; ++s) {
       // full: a plain arrival per producer thread (metadata written) + one on copy completion.
       mbarrier_init(smem_addr(&full_bar[s]), 2 * 32 * Traits::kNumProducerWarps);
-      // empty: one arrival per consumer warp once its wgmma reads of the stage are complete.
-      mbarrier_init(smem_addr(&empty_bar[s]), Traits::kNumConsumerThreads / 32);
+      // empty: one arrival per consumer thread once its reads of the stage are complete. Every
+      // reading thread releases its own reads (a warp-level arrival after __syncwarp is also
+      // correct, but compute-sanitizer's racecheck does not follow that ordering and reports
+      // write-after-read hazards on the stage metadata).
+      mbarrier_init(smem_addr(&empty_bar[s]), Traits::kNumConsumerThreads);
     }
     for (int b = 0; b < Traits::kQBuffers; ++b) {
-      // q_empty: one arrival per consumer warp once its last S = Q K^T of the row is complete.
-      mbarrier_init(smem_addr(&q_empty_bar[b]), Traits::kNumConsumerThreads / 32);
+      // q_empty: one arrival per consumer thread once its last S = Q K^T of the row is complete.
+      mbarrier_init(smem_addr(&q_empty_bar[b]), Traits::kNumConsumerThreads);
     }
   }
   __syncthreads();
@@ -480,15 +483,13 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       wgmma_wait<0>();
 #pragma unroll
       for (int cb = 0; cb < Traits::kColumnBlocks; ++cb) fence_registers(acc_o[cb]);
-      // This warp's reads of the stage (wgmma, bias, last) are complete: hand it back.
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(smem_addr(&empty_bar[stage]));
+      // This thread's reads of the stage (wgmma, bias, last, flags) are complete: hand it back.
+      mbarrier_arrive(smem_addr(&empty_bar[stage]));
     }
 
     if (num_tiles > 0) {
       // Every S = Q K^T of the row is complete (waited): the Q buffer can be refilled.
-      __syncwarp();
-      if (lane == 0) mbarrier_arrive(smem_addr(&q_empty_bar[q_buffer]));
+      mbarrier_arrive(smem_addr(&q_empty_bar[q_buffer]));
     }
 
     // Epilogue: O / l in the element type; LSE = ln2 * (max + log2 l); empty rows 0 and -inf.
