@@ -2,7 +2,6 @@
 
 #include <Python.h>
 
-#include <sstream>
 
 namespace psa::python {
 
@@ -37,29 +36,26 @@ DType to_dtype(const nb::dlpack::dtype& dt, const char* name) {
     if (code == Code::Int && dt.bits == 64) return DType::kInt64;
     if (code == Code::UInt && dt.bits == 8) return DType::kUInt8;
   }
-  std::ostringstream os;
-  os << name << " has a dtype psa does not support (DLPack code " << static_cast<int>(dt.code)
-     << ", " << static_cast<int>(dt.bits) << " bits); expected float32, float16, bfloat16, "
-     << "float64, int32, int64 or uint8";
-  throw_value_error(os.str());
+  throw_value_error(std::string(name) + " has a dtype psa does not support (DLPack code " +
+                    std::to_string(static_cast<int>(dt.code)) + ", " +
+                    std::to_string(static_cast<int>(dt.bits)) +
+                    " bits); expected float32, float16, bfloat16, float64, int32, int64 or uint8");
 }
 
 Device to_device(int32_t device_type, const char* name) {
   if (device_type == nb::device::cpu::value) return Device::kCpu;
   if (device_type == nb::device::cuda::value) return Device::kCuda;
-  std::ostringstream os;
-  os << name << " lives on a device psa does not support (DLPack device type " << device_type
-     << "); expected CPU or CUDA memory";
-  throw_value_error(os.str());
+  throw_value_error(std::string(name) +
+                    " lives on a device psa does not support (DLPack device type " +
+                    std::to_string(device_type) + "); expected CPU or CUDA memory");
 }
 
 template <typename Array>
 TensorView make_tensor_view(const Array& array, const char* name) {
   const size_t rank = array.ndim();
   if (rank > static_cast<size_t>(kMaxRank)) {
-    std::ostringstream os;
-    os << name << " must have rank at most " << kMaxRank << ", got " << rank;
-    throw_value_error(os.str());
+    throw_value_error(std::string(name) + " must have rank at most " + std::to_string(kMaxRank) +
+                      ", got " + std::to_string(rank));
   }
   TensorView t;
   t.data = const_cast<void*>(static_cast<const void*>(array.data()));
@@ -71,10 +67,9 @@ TensorView make_tensor_view(const Array& array, const char* name) {
     t.shape[d] = static_cast<int64_t>(array.shape(d));
     t.stride[d] = array.stride(d);
     if (t.stride[d] < 0) {
-      std::ostringstream os;
-      os << name << " has a negative stride " << t.stride[d] << " in dim " << d
-         << "; psa needs non-negative strides (make a copy first)";
-      throw_value_error(os.str());
+      throw_value_error(std::string(name) + " has a negative stride " +
+                        std::to_string(t.stride[d]) + " in dim " + std::to_string(d) +
+                        "; psa needs non-negative strides (make a copy first)");
     }
   }
   return t;

@@ -1,5 +1,5 @@
 #include <cmath>
-#include <sstream>
+#include <string>
 
 #include "common/index_math.h"
 #include "psa/config.h"
@@ -20,10 +20,9 @@ constexpr int kMaxBlock = 256;  // the estimator's offset shuffle keeps a block 
 
 Status check_block(const char* name, int value) {
   if (!detail::is_power_of_two(value) || value < kMinBlock || value > kMaxBlock) {
-    std::ostringstream os;
-    os << "config." << name << " must be a power of two in [" << kMinBlock << ", " << kMaxBlock
-       << "], got " << value;
-    return invalid_argument(os.str());
+    return invalid_argument("config." + std::string(name) + " must be a power of two in [" +
+                            std::to_string(kMinBlock) + ", " + std::to_string(kMaxBlock) +
+                            "], got " + std::to_string(value));
   }
   return Status();
 }

@@ -1,6 +1,7 @@
 #include "psa/tensor.h"
 
-#include <sstream>
+#include "common/format.h"
+
 #include <utility>
 
 namespace psa {
@@ -53,13 +54,7 @@ bool is_contiguous(const TensorView& t) {
   return true;
 }
 
-std::string shape_string(const TensorView& t) {
-  std::ostringstream os;
-  os << "(";
-  for (int d = 0; d < t.rank; ++d) os << (d ? ", " : "") << t.shape[d];
-  os << ")";
-  return os.str();
-}
+std::string shape_string(const TensorView& t) { return detail::format_dims(t.shape, t.rank); }
 
 TensorView make_view(void* data, DType dtype, int rank, const int64_t* shape, Device device,
                      int device_index) {

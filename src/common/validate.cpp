@@ -1,8 +1,8 @@
 #include "common/validate.h"
 
-#include <sstream>
 #include <vector>
 
+#include "common/format.h"
 #include "common/index_math.h"
 
 namespace psa::detail {
@@ -10,15 +10,7 @@ namespace psa::detail {
 namespace {
 
 std::string dims_string(std::initializer_list<int64_t> dims) {
-  std::ostringstream os;
-  os << "(";
-  bool first = true;
-  for (int64_t d : dims) {
-    os << (first ? "" : ", ") << d;
-    first = false;
-  }
-  os << ")";
-  return os.str();
+  return format_dims(dims.begin(), static_cast<int>(dims.size()));
 }
 
 // a * b with overflow detection for non-negative operands.

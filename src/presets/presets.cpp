@@ -19,14 +19,14 @@
 #include <charconv>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
+#include <cstdio>
 #include <set>
-#include <sstream>
 #include <string>
 #include <system_error>
 #include <utility>
 #include <vector>
 
+#include "common/format.h"
 #include "common/index_math.h"
 #include "psa/presets.h"
 
@@ -89,13 +89,11 @@ class Reader {
   explicit Reader(std::string source) : source_(std::move(source)) {}
 
   Status error(const YAML::Mark& mark, const std::string& path, const std::string& what) const {
-    std::ostringstream os;
-    os << source_;
-    if (!mark.is_null()) os << ":" << mark.line + 1;
-    os << ": ";
-    if (!path.empty()) os << path << ": ";
-    os << what;
-    return invalid_argument(os.str());
+    std::string message = source_;
+    if (!mark.is_null()) message += ":" + std::to_string(mark.line + 1);
+    message += ": ";
+    if (!path.empty()) message += path + ": ";
+    return invalid_argument(message + what);
   }
 
   // The entries of a mapping in file order; rejects non-mappings, non-scalar and duplicate keys,
@@ -198,11 +196,7 @@ class Reader {
 
 std::string child(const std::string& path, const std::string& key) { return path + "." + key; }
 
-std::string format_ratio(double value) {
-  std::ostringstream os;
-  os << value;
-  return os.str();
-}
+std::string format_ratio(double value) { return detail::format_double(value); }
 
 // block_size {m, n, tile_n}: powers of two, m and n in [16, 256], tile_n <= n. A missing tile_n
 // becomes min(32, n), as the original's functional interface does.
@@ -536,17 +530,19 @@ Status PresetLibrary::load_string(PresetLibrary* library, const std::string& yam
 
 Status PresetLibrary::load_file(PresetLibrary* library, const std::string& path) {
   if (library == nullptr) return invalid_argument("library must not be null");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) {
     return Status(StatusCode::kIoError,
                   "cannot open preset file '" + path + "': " + std::strerror(errno));
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) {
-    return Status(StatusCode::kIoError, "cannot read preset file '" + path + "'");
-  }
-  return load_string(library, text.str(), path);
+  std::string text;
+  char buffer[4096];
+  size_t n = 0;
+  while ((n = std::fread(buffer, 1, sizeof buffer, file)) > 0) text.append(buffer, n);
+  const bool failed = std::ferror(file) != 0;
+  std::fclose(file);
+  if (failed) return Status(StatusCode::kIoError, "cannot read preset file '" + path + "'");
+  return load_string(library, text, path);
 }
 
 Status PresetLibrary::load_builtin(PresetLibrary* library) {

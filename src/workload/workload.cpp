@@ -26,7 +26,6 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -618,31 +617,34 @@ Status generate_workload(Workload* workload, const WorkloadSpec& spec) {
 }
 
 std::string describe_workload(const WorkloadSpec& spec, const WorkloadStats& stats) {
-  std::ostringstream os;
   const int64_t heads_kv = spec.heads_kv > 0 ? spec.heads_kv : spec.heads;
   const auto& rs = spec.rope_split;
   const std::array<int64_t, 3> split =
       (rs[0] == 0 && rs[1] == 0 && rs[2] == 0) ? default_rope_split(spec.head_dim) : rs;
-  os << "workload: batch " << spec.batch << ", video " << spec.frames << " x " << spec.height
-     << " x " << spec.width << " = " << spec.frames * spec.height * spec.width << " tokens, text "
-     << spec.text_len << " (" << text_position_name(spec.text_position) << "), heads " << spec.heads
-     << " (kv " << heads_kv << "), head_dim " << spec.head_dim << ", " << dtype_name(spec.dtype)
-     << ", rope t/y/x " << split[0] << "/" << split[1] << "/" << split[2] << ", seed " << spec.seed
-     << "\n";
-  os << "head kinds:";
-  for (HeadKind kind : stats.head_kinds) os << " " << head_kind_name(kind);
-  os << "\n";
+  using std::to_string;
+  std::string s = "workload: batch " + to_string(spec.batch) + ", video " +
+                  to_string(spec.frames) + " x " + to_string(spec.height) + " x " +
+                  to_string(spec.width) + " = " +
+                  to_string(spec.frames * spec.height * spec.width) + " tokens, text " +
+                  to_string(spec.text_len) + " (" + text_position_name(spec.text_position) +
+                  "), heads " + to_string(spec.heads) + " (kv " + to_string(heads_kv) +
+                  "), head_dim " + to_string(spec.head_dim) + ", " + dtype_name(spec.dtype) +
+                  ", rope t/y/x " + to_string(split[0]) + "/" + to_string(split[1]) + "/" +
+                  to_string(split[2]) + ", seed " + to_string(spec.seed) + "\n";
+  s += "head kinds:";
+  for (HeadKind kind : stats.head_kinds) s += std::string(" ") + head_kind_name(kind);
+  s += "\n";
   char buf[32];
-  os << "attention mass on the 15% of keys nearest in space-time, per head:";
+  s += "attention mass on the 15% of keys nearest in space-time, per head:";
   for (double m : stats.local_mass) {
     std::snprintf(buf, sizeof buf, " %.2f", m);
-    os << buf;
+    s += buf;
   }
   std::snprintf(buf, sizeof buf, "%.3f", stats.mean_local_mass);
-  os << "; mean " << buf << " (real video DiTs: about 0.7)\n";
-  os << "This is a synthetic stand-in for a video DiT's self-attention, not ground truth: use it "
-        "to watch the planner and compare methods at equal density, not to claim model quality.\n";
-  return os.str();
+  s += std::string("; mean ") + buf + " (real video DiTs: about 0.7)\n";
+  s += "This is a synthetic stand-in for a video DiT's self-attention, not ground truth: use it "
+       "to watch the planner and compare methods at equal density, not to claim model quality.\n";
+  return s;
 }
 
 }  // namespace psa
