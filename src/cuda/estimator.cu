@@ -1,49 +1,58 @@
-// Block importance on the GPU (SPEC 4). One CTA per (b, h, group of G query blocks): the sampled
-// query rows of the group stay in shared memory, the sampled keys of every key block stream
-// through in tiles of kKeyTile rows (cp.async, double-buffered), and tensor cores (mma.sync
-// m16n8k16, fp32 accumulation) form the logits. Each logit is folded straight into a running max
-// in shared memory, so nothing is written to global memory but the scores: no workspace.
+// Block importance on the GPU (SPEC 4), Hopper (sm_90a). A CTA of two warpgroups takes the sampled
+// query rows of G query blocks (kRows = 128 or 64 rows) and streams the sampled keys of every
+// visible key block through a ring of shared-memory tiles of kKeyTile rows, gathered row by row
+// with cp.async (each sampled key row is D contiguous elements). S = Q K^T of a tile is one wgmma
+// m64 nN k16 chain per warpgroup from shared memory (128-byte swizzle, fp32 accumulators); the
+// epilogue of a tile takes the max of each key block's s_n columns in registers (quad shuffles),
+// so a (row, block) costs one shared-memory update per tile. Nothing is written to global memory
+// but the scores: no workspace.
 //
-// Two modes give bit-identical results (max commutes with the monotone rounding of scale * dot,
-// of "- m_i" and of expf):
-//   kStored:  r_i(J) = scale * max_j q_i.k_j for every sampled row i and block J is kept in shared
-//             memory ((G*s_m) x Nk fp32); then m_i = max_J r_i(J), P(J) = expf(max_i r_i(J) - m_i).
-//   two-pass (kPass1, kPass2): when that matrix does not fit, pass 1 computes m_i, pass 2
-//             D(J) = max_{i,j} (scale * q_i.k_j - m_i), P(J) = expf(D(J)); twice the tensor work.
-// Finally each row is divided by its sum. Under causal attention, blocks wholly invisible to a
-// query block are excluded from m_i and the sum, and score 0.
+// Two modes give the same numbers (max commutes with the monotone rounding of scale * dot, of
+// "- m_i" and of expf):
+//   stored:   the raw maxima max_j q_i.k_j of every row i and block J stay in shared memory
+//             (kRows x Nk fp32); then m_i = scale * max_J, D(J) = max_i (scale * max_j - m_i).
+//   two-pass: when that table does not fit, pass 1 computes m_i, pass 2 folds scale * q_i.k_j -
+//             m_i into D(J) directly; twice the tensor work, kRows = 128.
+// P(J) = expf(D(J)), then each row is divided by its sum. Under causal attention, blocks wholly
+// invisible to a query block are excluded from m_i and the sum, and score 0. Rows of one query
+// block beyond kRows (s_m > kRows, only with explicit samples_m) are taken kRows at a time, the
+// D table carrying over.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
+#include <cstdlib>
 
 #include "common/index_math.h"
 #include "common/planner_rules.h"
 #include "common/random.h"
+#include "cuda/attention/attention_device.cuh"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_utils.cuh"
 
 namespace psa::cuda {
 namespace {
 
-// 8 warps share each key tile: (rows / 16) x (kKeyTile / kItemKeys) work items, e.g. 4 x 4 = 16
-// items for 64 sampled rows, two per warp.
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-// Sampled key rows per tile and per warp work item (4 mma n-tiles of 8).
-constexpr int kKeyTile = 128;
-constexpr int kItemKeys = 32;
-constexpr int kMmaM = 16, kMmaN = 8, kMmaK = 16;
-// Shared-memory row pitch pad (elements): 16 bytes, so that the 8 rows an ldmatrix reads fall in
-// distinct bank groups.
-constexpr int kPad = 8;
-constexpr int kVecElems = 8;  // 16 bytes of fp16 / bf16
-// Rows of sampled queries a CTA aims for: e.g. s_m = 32 (block_m 128) -> G = 4 query blocks,
-// which reads every sampled key once per 128 sampled queries instead of once per 32.
-constexpr int kTargetRows = 128;
-constexpr int kMaxHeadDim = 256;
+using detail_attention::cp_async_16;
+using detail_attention::desc_advance;
+using detail_attention::fence_proxy_async;
+using detail_attention::fence_registers;
+using detail_attention::make_smem_desc;
+using detail_attention::quad_max;
+using detail_attention::smem_addr;
+using detail_attention::Wgmma;
+using detail_attention::wgmma_commit;
+using detail_attention::wgmma_fence;
+using detail_attention::wgmma_wait;
 
-enum class Mode : int { kStored, kPass1, kPass2 };
+constexpr int kThreads = 256;  // two warpgroups
+constexpr int kWarps = kThreads / 32;
+constexpr int kKeyTile = 128;  // sampled key rows per tile
+constexpr int kMaxStages = 4;
+constexpr int kColumnBlock = 64;  // elements per 128-byte swizzle column block
+constexpr int kChunkElems = 8;    // 16 bytes of fp16 / bf16
+constexpr int kSwizzleAlign = 1024;  // a 128-byte swizzle atom: 8 rows x 128 bytes
+constexpr int kMaxHeadDim = 256;
+constexpr float kNegInf = -__builtin_huge_valf();
 
 struct EstimatorParams {
   const void* q;
@@ -51,429 +60,484 @@ struct EstimatorParams {
   const void* k;
   int64_t k_stride[4];
   float* scores;  // (B, Hq, Mq, Nk) contiguous
-  int64_t batch, heads_q, heads_kv, seq_q, seq_k, head_dim;
-  int64_t num_q_blocks, num_k_blocks;
+  int64_t batch, heads_q, heads_kv, seq_q, seq_k;
+  int head_dim, padded_dim;  // D and D rounded up to kColumnBlock
+  int num_q_blocks, num_k_blocks;
   int block_m, block_n, samples_m, samples_n;
   int group_blocks;  // G query blocks per CTA
-  int rows_padded;   // G * s_m rounded up to kMmaM
-  int pitch;         // shared row pitch in elements: head_dim rounded up to kMmaK, plus kPad
+  int row_chunks;    // ceil(s_m / kRows) when G = 1, else 1
+  int stages;        // key tiles in the ring, 2..kMaxStages
   uint64_t seed;
   float scale;
-  bool causal;
+  bool causal, vector;
 };
 
-// Row stride of the max table: Nk + 1 words, so that the 8 rows a warp folds at once (one per
+// Row stride of the tables: Nk + 1 words, so that the 8 rows a warp updates at once (one per
 // quad) fall in distinct banks (with Nk = 512 they would all hit one bank).
 __host__ __device__ inline int table_stride(const EstimatorParams& p) {
-  return static_cast<int>(p.num_k_blocks) + 1;
+  return p.num_k_blocks + 1;
 }
 
-// Shared-memory layout (bytes), the same on host and device.
+// Shared-memory layout (bytes from a kSwizzleAlign-aligned base), the same on host and device.
 struct SmemLayout {
-  size_t q, k, q_offsets, k_offsets, visible, row_max, table, reduce, total;
+  size_t q, k, q_offsets, k_offsets, visible, row_max, d_table, r_table, reduce, total;
 };
 __host__ __device__ inline size_t align16(size_t x) { return (x + 15) / 16 * 16; }
-__host__ __device__ inline SmemLayout smem_layout(const EstimatorParams& p, Mode mode) {
+__host__ __device__ inline SmemLayout smem_layout(const EstimatorParams& p, int rows, bool stored) {
   SmemLayout s;
   size_t at = 0;
-  s.q = at;
-  at += align16(static_cast<size_t>(p.rows_padded) * p.pitch * 2);
-  s.k = at;
-  at += align16(static_cast<size_t>(2 * kKeyTile) * p.pitch * 2);
+  const size_t stride = static_cast<size_t>(table_stride(p));
+  s.q = at;  // (rows, padded_dim) sampled queries, column blocks of rows x 128 bytes
+  at += static_cast<size_t>(rows) * p.padded_dim * 2;
+  s.k = at;  // stages x (kKeyTile, padded_dim) sampled keys
+  at += static_cast<size_t>(p.stages) * kKeyTile * p.padded_dim * 2;
   s.q_offsets = at;
   at += align16(static_cast<size_t>(p.samples_m) * 4);
   s.k_offsets = at;
   at += align16(static_cast<size_t>(p.samples_n) * 4);
   s.visible = at;
   at += align16(static_cast<size_t>(p.group_blocks) * 4);
-  s.row_max = at;
-  at += align16(static_cast<size_t>(p.rows_padded) * 4);
-  s.table = at;
-  // kStored: r (rows x Nk); two-pass: D (G x Nk); rows padded to an odd stride (table_stride).
-  const size_t table_rows = mode == Mode::kStored ? p.rows_padded : p.group_blocks;
-  at += align16(table_rows * static_cast<size_t>(table_stride(p)) * 4);
+  s.row_max = at;  // (rows) raw max_j q_i.k_j
+  at += align16(static_cast<size_t>(rows) * 4);
+  s.d_table = at;  // (G, Nk) D(J)
+  at += align16(static_cast<size_t>(p.group_blocks) * stride * 4);
+  s.r_table = at;  // stored: (rows, Nk) raw maxima
+  at += stored ? align16(static_cast<size_t>(rows) * stride * 4) : 0;
   s.reduce = at;
   at += align16(kWarps * 4);
-  s.total = at;
+  s.total = at + kSwizzleAlign;  // slack to align the base
   return s;
 }
 
-// Max of floats of any sign through integer atomics: non-negative floats order as signed ints,
-// negative ones reversed as unsigned. -0 is stored as +0 so that it is not lost below -inf.
+// Max of floats of any sign through shared-memory integer reductions (fire and forget: nothing
+// waits for them): non-negative floats order as signed ints, negative ones reversed as unsigned.
+// -0 is stored as +0 so that it is not lost below -inf.
 __device__ __forceinline__ void atomic_max_float(float* address, float value) {
   if (value == 0.0f) value = 0.0f;
+  const uint32_t a = smem_addr(address);
   if (value >= 0.0f) {
-    atomicMax(reinterpret_cast<int*>(address), __float_as_int(value));
+    asm volatile("red.shared.max.s32 [%0], %1;\n" ::"r"(a), "r"(__float_as_int(value)) : "memory");
   } else {
-    atomicMin(reinterpret_cast<unsigned*>(address), __float_as_uint(value));
+    asm volatile("red.shared.min.u32 [%0], %1;\n" ::"r"(a), "r"(__float_as_uint(value)) : "memory");
   }
 }
 
-__device__ __forceinline__ uint32_t smem_address(const void* ptr) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+// Waits until at most `pending` of this thread's cp.async groups are in flight (0..2).
+__device__ __forceinline__ void cp_async_wait_pending(int pending) {
+  if (pending <= 0) {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  } else if (pending == 1) {
+    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+  } else {
+    asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+  }
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
+// Byte offset of 16-byte chunk `chunk` of row `row` in a (rows, padded_dim) tile in the 128-byte
+// swizzle: column block chunk / 8 holds rows x 128 bytes; chunk c % 8 of row r at (c ^ r) % 8.
+__device__ __forceinline__ uint32_t swizzled(int rows, int row, int chunk) {
+  return static_cast<uint32_t>((chunk / 8) * rows * 128 + row * 128 +
+                               (((chunk % 8) ^ (row % 8)) * 16));
 }
 
+// Copies `valid` ? row `src` : zeros into row `row` of a swizzled tile of `rows` rows. Vector
+// path: one 16-byte cp.async per chunk (zero-fill past D); scalar path: element loads.
 template <typename T>
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                          uint32_t b1) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+__device__ __forceinline__ void load_chunk(unsigned char* tile, int rows, int row, int chunk,
+                                           const T* src, bool valid, const EstimatorParams& p,
+                                           int64_t stride_d) {
+  const uint32_t offset = swizzled(rows, row, chunk);
+  const int d0 = chunk * kChunkElems;
+  if (p.vector) {
+    const bool copy = valid && d0 < p.head_dim;
+    cp_async_16(smem_addr(tile + offset), copy ? src + d0 : src, copy ? 16 : 0);
   } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-__device__ __forceinline__ void cp_async_16(void* smem, const void* global) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_address(smem)),
-               "l"(global));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-// Copies one row of D elements into shared memory (row pitch p.pitch), zero-filling the columns
-// up to the mma width. kVector: 16-byte cp.async (D-contiguous, aligned); else scalar loads.
-template <typename T, bool kVector>
-__device__ __forceinline__ void load_row(T* dst, const T* src, int64_t stride_d, int head_dim,
-                                         int padded_dim, int lane, int lanes) {
-  if constexpr (kVector) {
-    for (int c = lane; c < padded_dim / kVecElems; c += lanes) {
-      if (c * kVecElems < head_dim) {
-        cp_async_16(dst + c * kVecElems, src + c * kVecElems);
-      } else {
-        *reinterpret_cast<uint4*>(dst + c * kVecElems) = make_uint4(0, 0, 0, 0);
-      }
+    T* dst = reinterpret_cast<T*>(tile + offset);
+#pragma unroll
+    for (int e = 0; e < kChunkElems; ++e) {
+      const int d = d0 + e;
+      dst[e] = valid && d < p.head_dim ? src[d * stride_d] : from_float<T>(0.0f);
     }
-  } else {
-    for (int d = lane; d < padded_dim; d += lanes) {
-      dst[d] = d < head_dim ? src[d * stride_d] : from_float<T>(0.0f);
-    }
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void zero_row(T* dst, int padded_dim, int lane, int lanes) {
-  for (int d = lane; d < padded_dim; d += lanes) dst[d] = from_float<T>(0.0f);
-}
-
-template <typename T, bool kVector>
-__device__ void load_key_tile(T* tile, const EstimatorParams& p, const T* k_head,
-                              const int32_t* k_offsets, int tile_start, int total_keys,
-                              int padded_dim) {
-  // 8 threads per key row (16 bytes each), kThreads / 8 = 32 rows per pass of the CTA.
-  constexpr int kLanesPerRow = 8;
-  const int sub = threadIdx.x % kLanesPerRow;
-  for (int r = threadIdx.x / kLanesPerRow; r < kKeyTile; r += kThreads / kLanesPerRow) {
-    const int t = tile_start + r;
-    T* dst = tile + r * p.pitch;
-    if (t >= total_keys) {
-      zero_row(dst, padded_dim, sub, kLanesPerRow);
-      continue;
-    }
-    // 32-bit index math: Lk < 2^31 (the API's limit), and 64-bit division is a slow subroutine.
-    const int kblock = t / p.samples_n;
-    const int real = static_cast<int>(detail::block_rows(p.seq_k, p.block_n, kblock));
-    const int64_t token =
-        static_cast<int64_t>(kblock) * p.block_n + k_offsets[t - kblock * p.samples_n] % real;
-    load_row<T, kVector>(dst, k_head + token * p.k_stride[2], p.k_stride[3],
-                         static_cast<int>(p.head_dim), padded_dim, sub, kLanesPerRow);
   }
 }
 
 // Visible key blocks of query block I: a prefix [0, V) (all Nk without causal).
-__device__ __forceinline__ int64_t visible_blocks(const EstimatorParams& p, int64_t qblock) {
+__device__ __forceinline__ int visible_blocks(const EstimatorParams& p, int64_t qblock) {
   if (!p.causal) return p.num_k_blocks;
   const int64_t last_q = detail::min64((qblock + 1) * p.block_m, p.seq_q) - 1;
   const int64_t limit = last_q + detail::causal_shift(p.seq_q, p.seq_k);
   if (limit < 0) return 0;
-  return detail::min64(limit / p.block_n + 1, p.num_k_blocks);
+  return static_cast<int>(detail::min64(limit / p.block_n + 1, p.num_k_blocks));
 }
 
-// Shared-memory arrays and per-CTA constants of one estimator CTA.
-template <typename T>
+enum class Mode : int { kStored, kPass1, kPass2 };
+
+// Per-CTA shared arrays and constants.
 struct CtaState {
-  T* q_tile;         // (rows_padded, pitch) sampled queries
-  T* k_tiles;        // 2 x (kKeyTile, pitch) sampled keys, double-buffered
-  int32_t* k_offsets;
-  int* visible;      // (G) visible key blocks of each query block of the group
-  float* row_max;    // (rows_padded) m_i
-  float* table;      // kStored: r (rows_padded, Nk); two-pass: D (G, Nk)
-  const T* k_head;
+  unsigned char* q_tile;
+  unsigned char* k_tiles;
+  const int32_t* k_offsets;
+  const int* visible;
+  float* row_max;  // (kRows) raw row maxima
+  float* d_table;  // (G, stride)
+  float* r_table;  // stored: (kRows, stride)
+  const void* k_head;
   int total_keys;  // sampled keys of the blocks visible to some query block of the group
-  int rows, stride, padded_dim;
+  int stride;
 };
 
-// Folds value v of row r (local block g) and key block `kblock` into the maxima of kMode.
-template <Mode kMode>
-__device__ __forceinline__ void fold(float* row_max, float* table, int stride, int r, int g,
-                                     int kblock, float v) {
-  if constexpr (kMode == Mode::kStored) {
-    atomic_max_float(&table[r * stride + kblock], v);
-  } else if constexpr (kMode == Mode::kPass1) {
-    atomic_max_float(&row_max[r], v);
-  } else {
-    atomic_max_float(&table[g * stride + kblock], v);
+// The rows of one thread (r0 and r0 + 8 of the CTA tile) and what the fold needs of them.
+struct ThreadRows {
+  int r[2];
+  int group[2];
+  int visible[2];     // 0 for a row that does not exist
+  bool warp_uniform;  // the warp's 16 rows all exist and share one query block
+};
+
+// Gathers sampled keys [tile_start, tile_start + kKeyTile) into a swizzled tile. kLanes threads
+// share a row (one 16-byte chunk each) and a thread visits rows row0, row0 + kRowsPerPass, ...;
+// the row's block and sample index advance incrementally, so that a thread divides once per tile
+// (a division per row made the copies' issue a long dependent chain).
+template <typename T, int kDimBlocks>
+__device__ __forceinline__ void load_key_tile(unsigned char* tile, const EstimatorParams& p,
+                                              const CtaState& s, int tile_start) {
+  constexpr int kChunks = kDimBlocks * kColumnBlock / kChunkElems;
+  constexpr int kLanes = kChunks <= 8 ? 8 : kChunks <= 16 ? 16 : 32;  // power of two >= kChunks
+  constexpr int kRowsPerPass = kThreads / kLanes;
+  static_assert(kKeyTile % kRowsPerPass == 0, "passes cover the tile");
+  const int chunk = threadIdx.x % kLanes, row0 = threadIdx.x / kLanes;
+  const T* k_head = static_cast<const T*>(s.k_head);
+  int block = (tile_start + row0) / p.samples_n;
+  int sample = tile_start + row0 - block * p.samples_n;
+#pragma unroll
+  for (int pass = 0; pass < kKeyTile / kRowsPerPass; ++pass) {
+    const int row = row0 + pass * kRowsPerPass;
+    const bool valid = tile_start + row < s.total_keys;
+    const T* src = k_head;
+    if (valid) {
+      // 32-bit index math: Lk < 2^31 (the API's limit). Offsets past a ragged block's end wrap.
+      const int real = min(p.block_n, static_cast<int>(p.seq_k) - block * p.block_n);
+      const int offset = s.k_offsets[sample];
+      const int64_t token = static_cast<int64_t>(block) * p.block_n +
+                            (offset < real ? offset : offset % real);
+      src = k_head + token * p.k_stride[2];
+    }
+    if (kChunks == kLanes || chunk < kChunks) {
+      load_chunk<T>(tile, kKeyTile, row, chunk, src, valid, p, p.k_stride[3]);
+    }
+    sample += kRowsPerPass;
+    while (sample >= p.samples_n) {
+      sample -= p.samples_n;
+      ++block;
+    }
   }
 }
 
-// One sweep over the sampled keys: logits of every (sampled query, sampled key) pair folded into
-// the maxima of `kMode`.
-template <typename T, bool kVector, int kDim, Mode kMode>
-__device__ void sweep_keys(const EstimatorParams& p, const CtaState<T>& s) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int num_tiles = (s.total_keys + kKeyTile - 1) / kKeyTile;
-  if (num_tiles > 0) {
-    load_key_tile<T, kVector>(s.k_tiles, p, s.k_head, s.k_offsets, 0, s.total_keys, s.padded_dim);
+// Folds one warpgroup tile of logits (acc, kN = 8 kNTiles key columns starting at sampled key
+// key0) into the maxima of kMode. kGroups n8 column groups make one key block (s_n = 8 kGroups,
+// which divides 64, so no block straddles a tile or a warpgroup's half of one): each block is
+// reduced in registers, then across the quad (and for pass 2 across the warp's 16 rows when
+// they share a query block), then one shared-memory update. Blocks are independent, so their
+// shuffles and updates overlap. acc[4 nj + e]: row r[e / 2], key column 8 nj + 2 (lane % 4) + e % 2.
+template <int kGroups, Mode kMode, int kNTiles>
+__device__ __forceinline__ void fold_blocks(const float (&acc)[4 * kNTiles], int key0,
+                                            const EstimatorParams& p, const CtaState& s,
+                                            const ThreadRows& tr, const float (&shift)[2],
+                                            float (&run_max)[2]) {
+  static_assert(kNTiles % kGroups == 0, "whole key blocks per warpgroup tile");
+  constexpr int kBlocks = kNTiles / kGroups;
+  const int lane = threadIdx.x % 32;
+  const int first = key0 / (kGroups * 8);
+#pragma unroll
+  for (int bb = 0; bb < kBlocks; ++bb) {
+    // Uniform over the CTA: the blocks past the visible ones are zero-filled keys.
+    if (key0 + bb * kGroups * 8 >= s.total_keys) break;
+    const int block = first + bb;
+    float m0 = kNegInf, m1 = kNegInf;
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) {
+      const int nj = bb * kGroups + g;
+      m0 = fmaxf(m0, fmaxf(acc[4 * nj], acc[4 * nj + 1]));
+      m1 = fmaxf(m1, fmaxf(acc[4 * nj + 2], acc[4 * nj + 3]));
+    }
+    const bool see0 = block < tr.visible[0], see1 = block < tr.visible[1];
+    if constexpr (kMode != Mode::kPass2) {
+      if (see0) run_max[0] = fmaxf(run_max[0], m0);
+      if (see1) run_max[1] = fmaxf(run_max[1], m1);
+    }
+    if constexpr (kMode == Mode::kStored) {
+      // The quad shuffles run on every lane (a row's visibility differs within a warp).
+      m0 = quad_max(m0);
+      m1 = quad_max(m1);
+      if (lane % 4 == 0) {
+        if (see0) atomic_max_float(&s.r_table[tr.r[0] * s.stride + block], m0);
+        if (see1) atomic_max_float(&s.r_table[tr.r[1] * s.stride + block], m1);
+      }
+    } else if constexpr (kMode == Mode::kPass2) {
+      // __fmul_rn keeps scale * dot rounded on its own (no fused multiply-subtract), as the CPU
+      // reference rounds r_i(J) before subtracting m_i; both steps are monotone, so the max over
+      // a quad's partial maxima may be taken after them.
+      const float v0 = see0 ? __fmul_rn(p.scale, m0) - shift[0] : kNegInf;
+      const float v1 = see1 ? __fmul_rn(p.scale, m1) - shift[1] : kNegInf;
+      if (tr.warp_uniform) {
+        float v = fmaxf(v0, v1);
+#pragma unroll
+        for (int offset = 1; offset < 32; offset <<= 1) {
+          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+        }
+        if (lane == 0 && see0) atomic_max_float(&s.d_table[tr.group[0] * s.stride + block], v);
+      } else {
+        const float w0 = quad_max(v0), w1 = quad_max(v1);
+        if (lane % 4 == 0) {
+          if (see0) atomic_max_float(&s.d_table[tr.group[0] * s.stride + block], w0);
+          if (see1) atomic_max_float(&s.d_table[tr.group[1] * s.stride + block], w1);
+        }
+      }
+    }
   }
-  cp_async_commit();
+}
 
-  const int m_tiles = p.rows_padded / kMmaM;
-  const int items = m_tiles * (kKeyTile / kItemKeys);
+// The same for any s_n, element by element (a block may straddle tiles and warpgroups).
+template <Mode kMode, int kNTiles>
+__device__ __forceinline__ void fold_elements(const float (&acc)[4 * kNTiles], int key0,
+                                              const EstimatorParams& p, const CtaState& s,
+                                              const ThreadRows& tr, const float (&shift)[2],
+                                              float (&run_max)[2]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int nj = 0; nj < kNTiles; ++nj) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = key0 + nj * 8 + 2 * (lane % 4) + (e & 1);
+      if (key >= s.total_keys) continue;
+      const int block = key / p.samples_n;
+      const int h = e / 2;
+      if (block >= tr.visible[h]) continue;
+      const float dot = acc[4 * nj + e];
+      if constexpr (kMode != Mode::kPass2) run_max[h] = fmaxf(run_max[h], dot);
+      if constexpr (kMode == Mode::kStored) {
+        atomic_max_float(&s.r_table[tr.r[h] * s.stride + block], dot);
+      } else if constexpr (kMode == Mode::kPass2) {
+        atomic_max_float(&s.d_table[tr.group[h] * s.stride + block],
+                         __fmul_rn(p.scale, dot) - shift[h]);
+      }
+    }
+  }
+}
+
+// One sweep over the sampled keys: the logits of every (sampled query, sampled key) pair folded
+// into the maxima of kMode. kSplitKeys: both warpgroups hold the same 64 rows and take 64 keys of
+// each tile; else each takes 64 rows and all 128 keys.
+template <typename T, bool kSplitKeys, int kDimBlocks, Mode kMode>
+__device__ void sweep_keys(const EstimatorParams& p, const CtaState& s, const ThreadRows& tr) {
+  constexpr int kRows = kSplitKeys ? 64 : 128;
+  constexpr int kN = kSplitKeys ? 64 : 128;  // keys of a warpgroup's wgmma
+  constexpr int kNTiles = kN / 8;
+  const int lane = threadIdx.x % 32, warpgroup = threadIdx.x / 128;
+  const int stages = p.stages;
+  const int num_tiles = (s.total_keys + kKeyTile - 1) / kKeyTile;
+  const uint32_t tile_bytes = static_cast<uint32_t>(kKeyTile) * p.padded_dim * 2;
+  for (int st = 0; st < stages - 1; ++st) {
+    if (st < num_tiles) load_key_tile<T, kDimBlocks>(s.k_tiles + st * tile_bytes, p, s, st * kKeyTile);
+    cp_async_commit();
+  }
+  const uint64_t q_desc =
+      make_smem_desc(smem_addr(s.q_tile) + (kSplitKeys ? 0 : warpgroup * 64 * 128));
+  const int column_base = kSplitKeys ? warpgroup * 64 : 0;
+  // Pass 2: m_i in scaled units.
+  float shift[2] = {0.0f, 0.0f};
+  if constexpr (kMode == Mode::kPass2) {
+    for (int h = 0; h < 2; ++h) {
+      shift[h] = tr.visible[h] > 0 ? __fmul_rn(p.scale, s.row_max[tr.r[h]]) : 0.0f;
+    }
+  }
+  float run_max[2] = {kNegInf, kNegInf};  // stored, pass 1: the row's raw maximum
+
   for (int tile = 0; tile < num_tiles; ++tile) {
-    const T* k_tile = s.k_tiles + (tile % 2) * kKeyTile * p.pitch;
-    if (tile + 1 < num_tiles) {
-      load_key_tile<T, kVector>(s.k_tiles + ((tile + 1) % 2) * kKeyTile * p.pitch, p, s.k_head,
-                                s.k_offsets, (tile + 1) * kKeyTile, s.total_keys, s.padded_dim);
+    cp_async_wait_pending(stages - 2);
+    // The copies (and the scalar path's stores) were written through the generic proxy; wgmma
+    // reads through the async proxy.
+    fence_proxy_async();
+    __syncthreads();
+    // Refill the stage read in the previous iteration: every thread has passed the barrier, so
+    // its wgmma has completed.
+    const int next = tile + stages - 1;
+    if (next < num_tiles) {
+      load_key_tile<T, kDimBlocks>(s.k_tiles + (next % stages) * tile_bytes, p, s, next * kKeyTile);
     }
     cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
 
-    const int tile_start = tile * kKeyTile;
-    for (int item = warp; item < items; item += kWarps) {
-      const int mt = item / (kKeyTile / kItemKeys);
-      const int chunk = item % (kKeyTile / kItemKeys);
-      float acc[4][4];
+    float acc[kN / 2];
+    const uint64_t k_desc = make_smem_desc(smem_addr(s.k_tiles + (tile % stages) * tile_bytes) +
+                                           (kSplitKeys ? warpgroup * 64 * 128 : 0));
+    wgmma_fence();
 #pragma unroll
-      for (int n = 0; n < 4; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
+    for (int kk = 0; kk < kDimBlocks * kColumnBlock / 16; ++kk) {
+      const uint32_t q_offset = (kk / 4) * kRows * 128 + (kk % 4) * 32;
+      const uint32_t k_offset = (kk / 4) * kKeyTile * 128 + (kk % 4) * 32;
+      if (kk == 0) {
+        Wgmma<T, kN>::ss_first(acc, desc_advance(q_desc, q_offset),
+                               desc_advance(k_desc, k_offset));
+      } else {
+        Wgmma<T, kN>::ss(acc, desc_advance(q_desc, q_offset), desc_advance(k_desc, k_offset), 1);
       }
-      // ldmatrix.x4 on queries: (rows 0-7, d 0-7), (rows 8-15, d 0-7), (rows 0-7, d 8-15),
-      // (rows 8-15, d 8-15) -> a0..a3.
-      const T* a_base = s.q_tile + (mt * kMmaM + lane % 16) * p.pitch + (lane / 16) * 8;
-      // ldmatrix.x4 on keys: (keys 0-7, d 0-7), (keys 0-7, d 8-15), (keys 8-15, d 0-7),
-      // (keys 8-15, d 8-15) -> b0, b1 of two n-tiles.
-      const T* b_base = k_tile + (chunk * kItemKeys + (lane % 8) + (lane / 16) * 8) * p.pitch +
-                        ((lane / 8) % 2) * 8;
-      // kDim > 0: the head dim is a compile-time constant and the loop unrolls, so that the
-      // ldmatrix loads of later k-steps issue ahead of the mma chain.
-      const int dim = kDim > 0 ? kDim : s.padded_dim;
-#pragma unroll
-      for (int k0 = 0; k0 < dim; k0 += kMmaK) {
-        uint32_t a[4], b01[4], b23[4];
-        ldmatrix_x4(a, smem_address(a_base + k0));
-        ldmatrix_x4(b01, smem_address(b_base + k0));
-        ldmatrix_x4(b23, smem_address(b_base + 16 * p.pitch + k0));
-        mma_16816<T>(acc[0], a, b01[0], b01[1]);
-        mma_16816<T>(acc[1], a, b01[2], b01[3]);
-        mma_16816<T>(acc[2], a, b23[0], b23[1]);
-        mma_16816<T>(acc[3], a, b23[2], b23[3]);
-      }
-
-      // Fold the 16 x 32 logits into the maxima. c0, c1: row r0 = lane/4, keys 2*(lane%4) +
-      // {0, 1}; c2, c3: row r1 = r0 + 8.
-      const int r0 = mt * kMmaM + lane / 4, r1 = r0 + 8;
-      const bool ok0 = r0 < s.rows, ok1 = r1 < s.rows;
-      const int g0 = ok0 ? r0 / p.samples_m : 0, g1 = ok1 ? r1 / p.samples_m : 0;
-      const int visible0 = ok0 ? s.visible[g0] : 0, visible1 = ok1 ? s.visible[g1] : 0;
-      float shift0 = 0.0f, shift1 = 0.0f;
-      if constexpr (kMode == Mode::kPass2) {
-        shift0 = ok0 ? s.row_max[r0] : 0.0f;
-        shift1 = ok1 ? s.row_max[r1] : 0.0f;
-      }
-      // Consecutive n-tiles whose 8 keys lie in one block merge into a running (quad-reduced)
-      // max, so that a block costs one atomic per row: e.g. s_n = 16 -> 2 atomics per item row.
-      int run_block = -1;
-      float run0 = -INFINITY, run1 = -INFINITY;
-      auto flush = [&]() {
-        if (run_block >= 0 && lane % 4 == 0) {
-          if (ok0 && run_block < visible0) {
-            fold<kMode>(s.row_max, s.table, s.stride, r0, g0, run_block, run0);
-          }
-          if (ok1 && run_block < visible1) {
-            fold<kMode>(s.row_max, s.table, s.stride, r1, g1, run_block, run1);
-          }
-        }
-      };
-#pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        const int t0 = tile_start + chunk * kItemKeys + n * kMmaN;
-        const int first_block = t0 / p.samples_n;
-        const bool one_block = t0 + kMmaN <= s.total_keys &&
-                               first_block == (t0 + kMmaN - 1) / p.samples_n;
-        // __fmul_rn keeps scale * dot rounded on its own (no fused multiply-subtract), as the
-        // CPU reference rounds r_i(J) before subtracting m_i.
-        const float v00 = __fmul_rn(p.scale, acc[n][0]) - shift0;
-        const float v01 = __fmul_rn(p.scale, acc[n][1]) - shift0;
-        const float v10 = __fmul_rn(p.scale, acc[n][2]) - shift1;
-        const float v11 = __fmul_rn(p.scale, acc[n][3]) - shift1;
-        if (one_block) {
-          float m0 = fmaxf(v00, v01), m1 = fmaxf(v10, v11);
-          m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 1));
-          m0 = fmaxf(m0, __shfl_xor_sync(0xffffffffu, m0, 2));
-          m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 1));
-          m1 = fmaxf(m1, __shfl_xor_sync(0xffffffffu, m1, 2));
-          if (first_block != run_block) {
-            flush();
-            run_block = first_block;
-            run0 = m0;
-            run1 = m1;
-          } else {
-            run0 = fmaxf(run0, m0);
-            run1 = fmaxf(run1, m1);
-          }
-        } else {
-          flush();
-          run_block = -1;
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int key = t0 + 2 * (lane % 4) + e;
-            if (key >= s.total_keys) continue;
-            const int kblock = key / p.samples_n;
-            if (ok0 && kblock < visible0) {
-              fold<kMode>(s.row_max, s.table, s.stride, r0, g0, kblock, e ? v01 : v00);
-            }
-            if (ok1 && kblock < visible1) {
-              fold<kMode>(s.row_max, s.table, s.stride, r1, g1, kblock, e ? v11 : v10);
-            }
-          }
-        }
-      }
-      flush();
     }
-    // The buffer just read is refilled by the next iteration's prefetch.
-    __syncthreads();
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(acc);
+
+    // acc[4 nj + e]: row r[e / 2], key column nj * 8 + 2 * (lane % 4) + e % 2.
+    const int key0 = tile * kKeyTile + column_base;
+    switch (p.samples_n) {
+      case 8: fold_blocks<1, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
+      case 16: fold_blocks<2, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
+      case 32: fold_blocks<4, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
+      case 64: fold_blocks<8, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
+      default: fold_elements<kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
+    }
   }
-  cp_async_wait<0>();
+  cp_async_wait_pending(0);
+  if constexpr (kMode == Mode::kPass1 || kMode == Mode::kStored) {
+    for (int h = 0; h < 2; ++h) {
+      const float m = quad_max(run_max[h]);
+      if (lane % 4 == 0 && tr.visible[h] > 0) atomic_max_float(&s.row_max[tr.r[h]], m);
+    }
+  }
   __syncthreads();
 }
 
-template <typename T, bool kVector, bool kStored, int kDim>
-__global__ void __launch_bounds__(kThreads) estimate_importance_kernel(EstimatorParams p) {
-  static_assert(kThreads % 32 == 0 && kKeyTile % kItemKeys == 0, "warps tile the key tile");
-  static_assert(kItemKeys == 4 * kMmaN, "a work item is 4 mma n-tiles");
-  static_assert(kVecElems * sizeof(T) == 16, "cp.async moves 16 bytes");
-  static_assert(kDim % kMmaK == 0, "a fixed head dim is whole mma k-steps");
-  extern __shared__ __align__(16) unsigned char smem[];
-  const SmemLayout layout = smem_layout(p, kStored ? Mode::kStored : Mode::kPass2);
-  CtaState<T> s;
-  s.q_tile = reinterpret_cast<T*>(smem + layout.q);
-  s.k_tiles = reinterpret_cast<T*>(smem + layout.k);
+template <typename T, bool kSplitKeys, bool kStored, int kDimBlocks>
+__global__ void __launch_bounds__(kThreads, 2) estimate_importance_kernel(EstimatorParams p) {
+  constexpr int kRows = kSplitKeys ? 64 : 128;
+  static_assert(kThreads == 256, "two warpgroups: 2 x 64 rows, or 64 rows x 2 key halves");
+  static_assert(kKeyTile == 128 && kKeyTile % 8 == 0, "a tile is whole n8 groups per warpgroup");
+  static_assert(kChunkElems * sizeof(T) == 16, "cp.async moves 16 bytes");
+  static_assert(kDimBlocks >= 1 && kDimBlocks * kColumnBlock <= kMaxHeadDim, "D fits the swizzled tiles");
+  static_assert(kColumnBlock * sizeof(T) == 128, "a swizzle column block is 128 bytes");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((kSwizzleAlign - smem_addr(smem_raw) % kSwizzleAlign) %
+                                    kSwizzleAlign);
+  const SmemLayout layout = smem_layout(p, kRows, kStored);
+  CtaState s;
+  s.q_tile = smem + layout.q;
+  s.k_tiles = smem + layout.k;
   int32_t* q_offsets = reinterpret_cast<int32_t*>(smem + layout.q_offsets);
-  s.k_offsets = reinterpret_cast<int32_t*>(smem + layout.k_offsets);
-  s.visible = reinterpret_cast<int*>(smem + layout.visible);
+  int32_t* k_offsets = reinterpret_cast<int32_t*>(smem + layout.k_offsets);
+  int* visible = reinterpret_cast<int*>(smem + layout.visible);
+  s.k_offsets = k_offsets;
+  s.visible = visible;
   s.row_max = reinterpret_cast<float*>(smem + layout.row_max);
-  s.table = reinterpret_cast<float*>(smem + layout.table);
+  s.d_table = reinterpret_cast<float*>(smem + layout.d_table);
+  s.r_table = reinterpret_cast<float*>(smem + layout.r_table);
   float* reduce = reinterpret_cast<float*>(smem + layout.reduce);
+  s.stride = table_stride(p);
 
-  const int64_t groups = detail::ceil_div(p.num_q_blocks, p.group_blocks);
+  const int G = p.group_blocks;
+  const int64_t groups = detail::ceil_div(p.num_q_blocks, G);
   const int64_t group = blockIdx.x % groups;
   const int64_t h = (blockIdx.x / groups) % p.heads_q;
   const int64_t b = blockIdx.x / (groups * p.heads_q);
   const int64_t hkv = h / (p.heads_q / p.heads_kv);
-  const int64_t first_block = group * p.group_blocks;
-  const int G = p.group_blocks;
-  s.rows = G * p.samples_m;
-  const int nk = static_cast<int>(p.num_k_blocks);
-  s.stride = table_stride(p);
-  s.padded_dim = p.pitch - kPad;
+  const int64_t first_block = group * G;
+  const int nk = p.num_k_blocks;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
   if (threadIdx.x == 0) {
     detail::sample_offsets(q_offsets, p.seed, b, h, p.block_m, p.samples_m);
   } else if (threadIdx.x == 32) {
-    detail::sample_offsets(s.k_offsets, p.seed, b, detail::key_offset_stream(hkv), p.block_n,
+    detail::sample_offsets(k_offsets, p.seed, b, detail::key_offset_stream(hkv), p.block_n,
                            p.samples_n);
   }
   int max_visible = 0;
   for (int g = 0; g < G; ++g) {
     const int64_t qblock = first_block + g;
-    const int v = qblock < p.num_q_blocks ? static_cast<int>(visible_blocks(p, qblock)) : 0;
-    if (threadIdx.x == 0) s.visible[g] = v;
+    const int v = qblock < p.num_q_blocks ? visible_blocks(p, qblock) : 0;
+    if (threadIdx.x == 0) visible[g] = v;
     max_visible = max(max_visible, v);
   }
-  const int table_size = (kStored ? p.rows_padded : G) * s.stride;
-  for (int r = threadIdx.x; r < p.rows_padded; r += kThreads) s.row_max[r] = -INFINITY;
-  for (int x = threadIdx.x; x < table_size; x += kThreads) s.table[x] = -INFINITY;
-  __syncthreads();
-
-  // Sampled query rows of the group: row r = (local block r / s_m, sample r % s_m).
-  const T* q_head = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
-  {
-    constexpr int kLanesPerRow = 8;
-    const int sub = threadIdx.x % kLanesPerRow;
-    for (int r = threadIdx.x / kLanesPerRow; r < p.rows_padded; r += kThreads / kLanesPerRow) {
-      T* dst = s.q_tile + r * p.pitch;
-      const int local = r / p.samples_m;
-      const int64_t qblock = first_block + local;
-      if (r >= s.rows || qblock >= p.num_q_blocks) {
-        zero_row(dst, s.padded_dim, sub, kLanesPerRow);
-        continue;
-      }
-      const int real = static_cast<int>(detail::block_rows(p.seq_q, p.block_m, qblock));
-      const int64_t token = qblock * p.block_m + q_offsets[r - local * p.samples_m] % real;
-      load_row<T, kVector>(dst, q_head + token * p.q_stride[2], p.q_stride[3],
-                           static_cast<int>(p.head_dim), s.padded_dim, sub, kLanesPerRow);
-    }
-  }
-  // The query rows' cp.async groups complete with the first key tile's (wait_group in the sweep).
+  for (int x = threadIdx.x; x < G * s.stride; x += kThreads) s.d_table[x] = kNegInf;
   s.k_head = static_cast<const T*>(p.k) + b * p.k_stride[0] + hkv * p.k_stride[1];
   s.total_keys = max_visible * p.samples_n;
+  const T* q_head = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
+  __syncthreads();
 
-  if constexpr (kStored) {
-    sweep_keys<T, kVector, kDim, Mode::kStored>(p, s);
-    // m_i = max over visible J of r_i(J); one warp per row.
-    for (int r = warp; r < s.rows; r += kWarps) {
-      const int v = s.visible[r / p.samples_m];
-      float m = -INFINITY;
-      for (int j = lane; j < v; j += 32) m = fmaxf(m, s.table[r * s.stride + j]);
-      for (int offset = 16; offset > 0; offset >>= 1) {
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+  // This thread's accumulator rows: warp w of warpgroup wg holds rows 16 w + lane / 4 (+ 8) of
+  // the warpgroup's 64.
+  const int warpgroup = threadIdx.x / 128, warp_in_group = warp % 4;
+  const int row_base = (kSplitKeys ? 0 : warpgroup * 64) + warp_in_group * 16;
+  for (int chunk = 0; chunk < p.row_chunks; ++chunk) {
+    // Row r of the tile is sampled row chunk * kRows + r of the group: query block idx / s_m,
+    // sample idx % s_m.
+    ThreadRows tr;
+    for (int half = 0; half < 2; ++half) {
+      tr.r[half] = row_base + lane / 4 + 8 * half;
+      const int idx = chunk * kRows + tr.r[half];
+      tr.group[half] = idx / p.samples_m;
+      tr.visible[half] = tr.group[half] < G ? visible[tr.group[half]] : 0;
+    }
+    {
+      const int first = chunk * kRows + row_base, last = first + 15;
+      const int g = first / p.samples_m;
+      tr.warp_uniform = g == last / p.samples_m && g < G && first_block + g < p.num_q_blocks;
+    }
+    for (int r = threadIdx.x; r < kRows; r += kThreads) s.row_max[r] = kNegInf;
+    if constexpr (kStored) {
+      for (int x = threadIdx.x; x < kRows * s.stride; x += kThreads) s.r_table[x] = kNegInf;
+    }
+    // Sampled query rows: (kRows, padded_dim), zero rows past the group.
+    const int chunks = p.padded_dim / kChunkElems;
+    for (int i = threadIdx.x; i < kRows * chunks; i += kThreads) {
+      const int row = i / chunks, c = i - row * chunks;
+      const int idx = chunk * kRows + row;
+      const int g = idx / p.samples_m;
+      const int64_t qblock = first_block + g;
+      const bool valid = g < G && qblock < p.num_q_blocks;
+      const T* src = q_head;
+      if (valid) {
+        const int real = static_cast<int>(detail::block_rows(p.seq_q, p.block_m, qblock));
+        const int64_t token = qblock * p.block_m + q_offsets[idx - g * p.samples_m] % real;
+        src = q_head + token * p.q_stride[2];
       }
-      if (lane == 0) s.row_max[r] = m;
+      load_chunk<T>(s.q_tile, kRows, row, c, src, valid, p, p.q_stride[3]);
+    }
+    // The query rows' cp.async group completes before the first key tile's (wait_group).
+    cp_async_commit();
+    __syncthreads();
+
+    if constexpr (kStored) {
+      sweep_keys<T, kSplitKeys, kDimBlocks, Mode::kStored>(p, s, tr);
+      // D(g, J) = max over the chunk's rows i of g of scale * max_j - m_i.
+      for (int g = 0; g < G; ++g) {
+        const int lo = max(g * p.samples_m, chunk * kRows) - chunk * kRows;
+        const int hi = min((g + 1) * p.samples_m, (chunk + 1) * kRows) - chunk * kRows;
+        for (int j = threadIdx.x; j < visible[g]; j += kThreads) {
+          float d = s.d_table[g * s.stride + j];
+          for (int r = lo; r < hi; ++r) {
+            d = fmaxf(d, __fmul_rn(p.scale, s.r_table[r * s.stride + j]) -
+                             __fmul_rn(p.scale, s.row_max[r]));
+          }
+          s.d_table[g * s.stride + j] = d;
+        }
+      }
+    } else {
+      sweep_keys<T, kSplitKeys, kDimBlocks, Mode::kPass1>(p, s, tr);
+      sweep_keys<T, kSplitKeys, kDimBlocks, Mode::kPass2>(p, s, tr);
     }
     __syncthreads();
-  } else {
-    sweep_keys<T, kVector, kDim, Mode::kPass1>(p, s);
-    sweep_keys<T, kVector, kDim, Mode::kPass2>(p, s);
   }
 
-  // P(J) per query block of the group, normalised by its sum.
+  // P(J) = expf(D(J)) per query block of the group, normalised by its sum.
   for (int g = 0; g < G; ++g) {
     const int64_t qblock = first_block + g;
     if (qblock >= p.num_q_blocks) break;
-    const int v = s.visible[g];
-    float* out = p.scores + ((b * p.heads_q + h) * p.num_q_blocks + qblock) * p.num_k_blocks;
+    const int v = visible[g];
+    float* out = p.scores + ((b * p.heads_q + h) * p.num_q_blocks + qblock) * nk;
     float partial = 0.0f;
     for (int j = threadIdx.x; j < v; j += kThreads) {
-      float d;
-      if constexpr (kStored) {
-        d = -INFINITY;
-        for (int i = 0; i < p.samples_m; ++i) {
-          const int r = g * p.samples_m + i;
-          d = fmaxf(d, s.table[r * s.stride + j] - s.row_max[r]);
-        }
-      } else {
-        d = s.table[g * s.stride + j];
-      }
-      const float value = expf(d);
+      const float value = expf(s.d_table[g * s.stride + j]);
       out[j] = value;
       partial += value;
     }
@@ -494,64 +558,90 @@ __global__ void __launch_bounds__(kThreads) estimate_importance_kernel(Estimator
 
 // The 16-byte path: D-contiguous rows with 16-byte aligned starts.
 bool vector_path_ok(const TensorView& t) {
-  if (t.stride[3] != 1 || t.shape[3] % kVecElems != 0 || !is_aligned(t.data, 16)) return false;
+  if (t.stride[3] != 1 || t.shape[3] % kChunkElems != 0 || !is_aligned(t.data, 16)) return false;
   for (int d = 0; d < 3; ++d) {
-    if (t.shape[d] > 1 && t.stride[d] % kVecElems != 0) return false;
+    if (t.shape[d] > 1 && t.stride[d] % kChunkElems != 0) return false;
   }
   return true;
 }
 
-template <typename T, bool kVector, bool kStored>
-Status launch_mode(const EstimatorParams& p, size_t smem, int64_t grid, cudaStream_t stream) {
-  // Head dims 64 and 128 (the supported attention variants) get unrolled k-loops; others, and
-  // the scalar path, loop over the padded head dim at run time.
-  auto kernel = estimate_importance_kernel<T, kVector, kStored, 0>;
-  if constexpr (kVector) {
-    if (p.head_dim == 64) kernel = estimate_importance_kernel<T, kVector, kStored, 64>;
-    if (p.head_dim == 128) kernel = estimate_importance_kernel<T, kVector, kStored, 128>;
-  }
+// Shared memory of the device: the opt-in maximum per CTA and the per-SM total less the
+// per-CTA reservation.
+struct SmemBudget {
+  size_t per_cta, per_sm, reserved;
+};
+
+// One launch configuration: rows per CTA (128, or 64 with the keys split), mode, ring depth.
+struct Choice {
+  bool split, stored;
+  EstimatorParams p;
+  size_t smem;
+  int ctas_per_sm;
+};
+
+// The head dim in 64-element column blocks is a template parameter, so that the wgmma k-loop
+// unrolls (a run-time trip count made ptxas insert a warpgroup.arrive before each wgmma).
+template <typename T, bool kSplitKeys, bool kStored>
+Status launch_kernel(const Choice& c, cudaStream_t stream) {
+  auto kernel = estimate_importance_kernel<T, kSplitKeys, kStored, 1>;
+  if (c.p.padded_dim == 2 * kColumnBlock) kernel = estimate_importance_kernel<T, kSplitKeys, kStored, 2>;
+  if (c.p.padded_dim == 3 * kColumnBlock) kernel = estimate_importance_kernel<T, kSplitKeys, kStored, 3>;
+  if (c.p.padded_dim == 4 * kColumnBlock) kernel = estimate_importance_kernel<T, kSplitKeys, kStored, 4>;
   PSA_RETURN_IF_ERROR(cuda_check(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem)),
+                           static_cast<int>(c.smem)),
       "cudaFuncSetAttribute(estimate_importance_kernel)"));
-  kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(p);
+  const int64_t grid = c.p.batch * c.p.heads_q * detail::ceil_div(c.p.num_q_blocks, c.p.group_blocks);
+  if (grid > kMaxGridX) return unsupported("estimate_importance: too many query blocks");
+  kernel<<<static_cast<unsigned>(grid), kThreads, c.smem, stream>>>(c.p);
   return check_launch("estimate_importance_kernel");
 }
 
-// Shared-memory budgets of one CTA: `one_per_sm` (the opt-in maximum) and `two_per_sm` (half of
-// an SM's shared memory less the per-CTA reservation, so that two CTAs share an SM).
-struct SmemBudget {
-  size_t one_per_sm, two_per_sm;
-};
+// Fills in G, the row chunks and the deepest ring (<= kMaxStages) that fits `limit` bytes.
+bool fit_stages(Choice& c, size_t limit) {
+  const int rows = c.split ? 64 : 128;
+  EstimatorParams& p = c.p;
+  p.group_blocks = std::max(1, std::min(rows / p.samples_m, p.num_q_blocks));
+  p.row_chunks = p.samples_m > rows ? (p.samples_m + rows - 1) / rows : 1;
+  for (int stages = kMaxStages; stages >= 2; --stages) {
+    p.stages = stages;
+    c.smem = smem_layout(p, rows, c.stored).total;
+    if (c.smem <= limit) return true;
+  }
+  return false;
+}
 
-template <typename T, bool kVector>
-Status launch(EstimatorParams p, const SmemBudget& budget, cudaStream_t stream) {
-  // Measured on an H200 (kernel_notes): the sweep is latency-bound, so two CTAs per SM beat
-  // fewer, larger CTAs that read the sampled keys fewer times. Wan2.1 1.3B (s_m = 32, D = 128):
-  // block_n 128, stored G = 2 (1 CTA/SM) 4.10 ms vs stored G = 1 (2 CTAs/SM) 3.36 ms; block_n
-  // 64, stored G = 2 (1 CTA/SM) 4.21 ms vs two-pass G = 4 (2 CTAs/SM) 4.05 ms. Order of
-  // preference: stored with the largest G that fits two per SM, two-pass likewise, then the same
-  // with one CTA per SM. G is at most kTargetRows / s_m query blocks.
-  const int target = static_cast<int>(
-      detail::min64(p.num_q_blocks, detail::max64(1, kTargetRows / p.samples_m)));
-  auto set_group = [&](int g) {
-    p.group_blocks = g;
-    p.rows_padded = static_cast<int>(detail::ceil_div(int64_t{g} * p.samples_m, kMmaM) * kMmaM);
-  };
-  for (const size_t limit : {budget.two_per_sm, budget.one_per_sm}) {
-    for (const bool stored : {true, false}) {
-      for (int g = target; g >= 1; g = g / 2) {
-        set_group(g);
-        const size_t smem = smem_layout(p, stored ? Mode::kStored : Mode::kPass2).total;
-        if (smem > limit) continue;
-        const int64_t grid = p.batch * p.heads_q * detail::ceil_div(p.num_q_blocks, g);
-        if (grid > kMaxGridX) return unsupported("estimate_importance: too many query blocks");
-        return stored ? launch_mode<T, kVector, true>(p, smem, grid, stream)
-                      : launch_mode<T, kVector, false>(p, smem, grid, stream);
-      }
+// Two CTAs per SM when their shared memory allows it (the kernels are built for <= 128
+// registers, two CTAs' worth), else one.
+bool fit(Choice& c, const SmemBudget& budget) {
+  const size_t two_per_sm = std::min(budget.per_cta, budget.per_sm / 2 - budget.reserved);
+  c.ctas_per_sm = 2;
+  if (fit_stages(c, two_per_sm)) return true;
+  c.ctas_per_sm = 1;
+  return fit_stages(c, budget.per_cta);
+}
+
+template <typename T>
+Status launch(const EstimatorParams& base, const SmemBudget& budget, cudaStream_t stream) {
+  const char* force = std::getenv("PSA_ESTIMATOR_CHOICE");
+  const int forced = force ? std::atoi(force) : -1;
+  // Order of preference: two CTAs per SM before one (the sweep is latency-bound: 16 warps hide
+  // each other's loads, barriers and epilogues); then one pass (stored) before two, 128 rows
+  // per CTA (each key tile serves 128 rows) before 64.
+  Choice candidates[3] = {Choice{false, true, base, 0, 0}, Choice{true, true, base, 0, 0},
+                          Choice{false, false, base, 0, 0}};
+  bool fits[3];
+  for (int i = 0; i < 3; ++i) fits[i] = (forced < 0 || forced == i) && fit(candidates[i], budget);
+  for (const int want : {2, 1}) {
+    for (int i = 0; i < 3; ++i) {
+      const Choice& c = candidates[i];
+      if (!fits[i] || c.ctas_per_sm != want) continue;
+      if (c.split) return launch_kernel<T, true, true>(c, stream);
+      return c.stored ? launch_kernel<T, false, true>(c, stream)
+                      : launch_kernel<T, false, false>(c, stream);
     }
   }
-  return unsupported("estimate_importance: Nk = " + std::to_string(p.num_k_blocks) +
+  return unsupported("estimate_importance: Nk = " + std::to_string(base.num_k_blocks) +
                      " key blocks need more shared memory than this device has");
 }
 
@@ -584,19 +674,20 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
   p.heads_kv = k.shape[1];
   p.seq_q = q.shape[2];
   p.seq_k = k.shape[2];
-  p.head_dim = q.shape[3];
-  p.num_q_blocks = detail::ceil_div(p.seq_q, config.block_m);
-  p.num_k_blocks = detail::ceil_div(p.seq_k, config.block_n);
+  p.head_dim = static_cast<int>(q.shape[3]);
+  p.padded_dim = static_cast<int>(detail::ceil_div(p.head_dim, kColumnBlock) * kColumnBlock);
+  p.num_q_blocks = static_cast<int>(detail::ceil_div(p.seq_q, config.block_m));
+  p.num_k_blocks = static_cast<int>(detail::ceil_div(p.seq_k, config.block_n));
   p.block_m = config.block_m;
   p.block_n = config.block_n;
   p.samples_m = config.effective_samples_m();
   p.samples_n = config.effective_samples_n();
-  p.pitch = static_cast<int>(detail::ceil_div(p.head_dim, kMmaK) * kMmaK) + kPad;
   p.seed = config.seed;
   p.scale = config.softmax_scale > 0.0f
                 ? config.softmax_scale
                 : static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.head_dim)));
   p.causal = config.causal;
+  p.vector = vector_path_ok(q) && vector_path_ok(k);
 
   int device = 0, optin = 0, per_sm = 0, reserved = 0;
   PSA_RETURN_IF_ERROR(cuda_check(cudaGetDevice(&device), "cudaGetDevice"));
@@ -609,17 +700,11 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
   PSA_RETURN_IF_ERROR(cuda_check(
       cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device),
       "cudaDeviceGetAttribute"));
-  SmemBudget budget;
-  budget.one_per_sm = static_cast<size_t>(optin);
-  budget.two_per_sm = std::min(budget.one_per_sm,
-                               static_cast<size_t>(std::max(per_sm / 2 - reserved, 0)));
-  const bool vector_path = vector_path_ok(q) && vector_path_ok(k);
+  SmemBudget budget{static_cast<size_t>(optin), static_cast<size_t>(per_sm),
+                    static_cast<size_t>(reserved)};
   const cudaStream_t s = to_cuda_stream(stream);
-  if (q.dtype == DType::kFloat16) {
-    return vector_path ? launch<__half, true>(p, budget, s) : launch<__half, false>(p, budget, s);
-  }
-  return vector_path ? launch<__nv_bfloat16, true>(p, budget, s)
-                     : launch<__nv_bfloat16, false>(p, budget, s);
+  if (q.dtype == DType::kFloat16) return launch<__half>(p, budget, s);
+  return launch<__nv_bfloat16>(p, budget, s);
 }
 
 }  // namespace psa::cuda

@@ -191,7 +191,18 @@ INSTANTIATE_TEST_SUITE_P(
         EstimatorCase{"padded_dim40", DType::kBFloat16, 1, 2, 2, 256, 512, 40, 64, 32, true, false},
         EstimatorCase{"scalar_dim36", DType::kFloat16, 1, 2, 1, 300, 300, 36, 64, 64, false, true},
         // (G s_m) x Nk fp32 = 32 x 2048 x 4 = 256 KiB does not fit: the two-pass mode.
-        EstimatorCase{"two_pass", DType::kBFloat16, 1, 1, 1, 256, 65536, 64, 128, 32, false, false}),
+        EstimatorCase{"two_pass", DType::kBFloat16, 1, 1, 1, 256, 65536, 64, 128, 32, false, false},
+        // 128 x 129 fp32 does not fit two CTAs per SM but 64 x 129 does: the stored mode with 64
+        // rows per CTA, the two warpgroups splitting each key tile.
+        EstimatorCase{"stored_64_rows", DType::kFloat16, 1, 2, 1, 1024, 8192, 64, 128, 64, false, true},
+        // Two-pass with s_m = 24: a warp's 16 rows straddle query blocks.
+        EstimatorCase{"two_pass_rows_straddle", DType::kBFloat16, 1, 1, 1, 512, 65536, 64, 128, 32, false, false, 24, 0},
+        // block_n 256, s_n = 64: eight n8 column groups per key block.
+        EstimatorCase{"block256_causal", DType::kBFloat16, 1, 2, 2, 512, 4096, 128, 128, 256, true, false},
+        // s_m = 200 > 128 rows per CTA: one query block in two row chunks.
+        EstimatorCase{"row_chunks", DType::kBFloat16, 1, 1, 1, 1024, 2048, 64, 256, 64, false, false, 200, 0},
+        // Causal in the two-pass mode, s_n = 12 (not a multiple of 8): the element-wise fold.
+        EstimatorCase{"two_pass_causal", DType::kFloat16, 1, 2, 1, 1024, 65536, 64, 128, 64, true, false, 0, 12}),
     [](const ::testing::TestParamInfo<EstimatorCase>& info) { return std::string(info.param.name); });
 
 // ---- Planner ----------------------------------------------------------------------------------
