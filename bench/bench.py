@@ -51,7 +51,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--harness", required=True, help="path of the psa_bench binary")
     parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--plans", default="full,only8x,d0.10,d0.15,d0.30")
+    parser.add_argument("--plans", default="full,only8x,d0.10,d0.15,d0.30,call")
     parser.add_argument("--block-n", default="64,128")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -93,6 +93,20 @@ def main():
         print(f"{r['shape']:<10} {r['plan']:<7} {r['block_n']:>4} {r['density']:>7.4f} "
               f"{levels:>29} {r['median_ms']:>8.3f} {base['median_ms']:>8.3f} {r['time_ratio']:>9.3f} "
               f"{r['effective_tflops']:>8.1f} {r['effective_ratio']:>9.3f}")
+    calls = [r for r in rows if r["plan"] == "call"]
+    if calls:
+        print("\nwhole call at the plug-and-play default (block 128x64, topk .1/.15/.15/.35), "
+              "as fractions of cuDNN dense time:")
+        print(f"{'shape':<10} {'density':>7} {'pyramid':>8} {'estimate':>8} {'planner':>8} "
+              f"{'attention':>9} {'est+plan':>8} {'total':>8}")
+        for r in calls:
+            base = r["cudnn_ms"]
+            plan_ms = r["estimate_ms"] + r["planner_ms"]
+            r["plan_ratio"] = plan_ms / base
+            print(f"{r['shape']:<10} {r['density']:>7.4f} {r['pyramid_ms'] / base:>8.3f} "
+                  f"{r['estimate_ms'] / base:>8.3f} {r['planner_ms'] / base:>8.3f} "
+                  f"{r['attention_ms'] / base:>9.3f} {plan_ms / base:>8.3f} "
+                  f"{r['time_ratio']:>8.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "cudnn": cudnn, "rows": rows}, f, indent=2)

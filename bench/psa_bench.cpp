@@ -3,10 +3,12 @@
 // L2, CUDA-event timing, median of --iters runs after --warmup runs. Plans: all-full (every block
 // level 1), only-8x (every block level 8, density 1/8) and topk-like mixes at densities ~0.1,
 // 0.15 and 0.3 (per-level fractions of a row's blocks, the blocks chosen at random per row), for
-// block_n 64 and 128, block_m 128. Prints a table; --json PATH writes the rows as JSON.
+// block_n 64 and 128, block_m 128. Plan "call" times the whole call at the plug-and-play default
+// config (block 128 x 64, topk .1/.15/.15/.35): pyramid, estimator, planner and attention, each
+// stage on its own events. Prints a table; --json PATH writes the rows as JSON.
 //
 // Usage: psa_bench [--json PATH] [--shapes wan1.3b,cogvideox,wan14b] [--iters N] [--warmup N]
-//                  [--plans full,only8x,d0.10,d0.15,d0.30] [--block-n 64,128]
+//                  [--plans full,only8x,d0.10,d0.15,d0.30,call] [--block-n 64,128]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -50,6 +52,12 @@ const PlanSpec kPlans[] = {
     {"d0.10", {0.05, 0.05, 0.05, 0.15}},
     {"d0.15", {0.10, 0.05, 0.00, 0.20}},
     {"d0.30", {0.25, 0.10, 0.05, 0.10}},
+};
+
+// Stage times of the whole call, in ms.
+struct CallTimes {
+  double pyramid_ms = 0.0, estimate_ms = 0.0, planner_ms = 0.0, attention_ms = 0.0;
+  double total_ms() const { return pyramid_ms + estimate_ms + planner_ms + attention_ms; }
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -104,13 +112,118 @@ struct Row {
   std::array<double, 5> level_fraction;
   double median_ms;
   double dense_tflops, effective_tflops;
+  bool whole_call = false;
+  CallTimes call;
 };
+
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// The whole call at the plug-and-play default config on rotated input sets: build_pyramid,
+// estimate_importance, plan_from_scores and attention_forward, each between its own events.
+// Fills the row's stage medians, its plan's density and level fractions.
+bool time_whole_call(Row* row, const Inputs* sets, int num_sets, const psa::TensorView& out,
+                     const psa::TensorView& lse, int iters, int warmup) {
+  const psa::Config config = psa::default_config();
+  const psa::TensorView& q0 = sets[0].qv;
+  const int64_t b = q0.shape[0], h = q0.shape[1], l = q0.shape[2];
+  const psa::PlanShape ps = psa::plan_shape(b, h, l, l, config);
+  psa::HostPlan host_plan = psa::make_host_plan(b, h, l, l, config);
+  void* scores = nullptr;
+  void* counts = nullptr;
+  void* blocks = nullptr;
+  void* workspace = nullptr;
+  const size_t ws_bytes = psa::plan_workspace_bytes(ps, psa::Device::kCuda);
+  const size_t counts_bytes = static_cast<size_t>(psa::numel(host_plan.counts.view())) * 4;
+  const size_t blocks_bytes = static_cast<size_t>(psa::numel(host_plan.blocks.view())) * 4;
+  if (!check(cudaMalloc(&scores, static_cast<size_t>(ps.batch * ps.heads * ps.num_q_blocks *
+                                                     ps.num_k_blocks) * 4), "cudaMalloc scores") ||
+      !check(cudaMalloc(&counts, counts_bytes), "cudaMalloc plan") ||
+      !check(cudaMalloc(&blocks, blocks_bytes), "cudaMalloc plan") ||
+      !check(cudaMalloc(&workspace, std::max<size_t>(ws_bytes, 1)), "cudaMalloc workspace")) {
+    return false;
+  }
+  const psa::TensorView scores_view =
+      psa::make_view(scores, psa::DType::kFloat32,
+                     {ps.batch, ps.heads, ps.num_q_blocks, ps.num_k_blocks}, psa::Device::kCuda);
+  psa::PlanView plan = host_plan.view();
+  plan.counts.data = counts;
+  plan.counts.device = psa::Device::kCuda;
+  plan.blocks.data = blocks;
+  plan.blocks.device = psa::Device::kCuda;
+
+  cudaEvent_t ev[5];
+  for (auto& e : ev) cudaEventCreate(&e);
+  std::vector<double> pyramid, estimate, planner, attention, total;
+  for (int it = 0; it < warmup + iters; ++it) {
+    const Inputs& in = sets[it % num_sets];
+    cudaEventRecord(ev[0]);
+    psa::Status st = psa::build_pyramid(in.pyramid, in.kv, in.vv);
+    cudaEventRecord(ev[1]);
+    if (st.ok()) st = psa::estimate_importance(scores_view, in.qv, in.kv, config);
+    cudaEventRecord(ev[2]);
+    if (st.ok()) {
+      st = psa::plan_from_scores(plan, scores_view, in.kv, config, workspace, ws_bytes);
+    }
+    cudaEventRecord(ev[3]);
+    if (st.ok()) {
+      st = psa::attention_forward(out, lse, in.qv, in.kv, in.vv, in.pyramid, plan, config);
+    }
+    cudaEventRecord(ev[4]);
+    if (!st.ok()) {
+      std::fprintf(stderr, "whole call: %s\n", st.to_string().c_str());
+      return false;
+    }
+    if (!check(cudaEventSynchronize(ev[4]), "whole call")) return false;
+    float ms[4];
+    for (int i = 0; i < 4; ++i) cudaEventElapsedTime(&ms[i], ev[i], ev[i + 1]);
+    if (it >= warmup) {
+      pyramid.push_back(ms[0]);
+      estimate.push_back(ms[1]);
+      planner.push_back(ms[2]);
+      attention.push_back(ms[3]);
+      total.push_back(ms[0] + ms[1] + ms[2] + ms[3]);
+    }
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  row->call.pyramid_ms = median(pyramid);
+  row->call.estimate_ms = median(estimate);
+  row->call.planner_ms = median(planner);
+  row->call.attention_ms = median(attention);
+  row->median_ms = median(total);
+
+  // The plan of the last run, for its density and level fractions.
+  bool ok = check(cudaMemcpy(host_plan.counts.data<int32_t>(), counts, counts_bytes,
+                             cudaMemcpyDeviceToHost), "copy plan") &&
+            check(cudaMemcpy(host_plan.blocks.data<int32_t>(), blocks, blocks_bytes,
+                             cudaMemcpyDeviceToHost), "copy plan");
+  psa::PlanStats stats;
+  if (ok) {
+    const psa::Status st = psa::plan_statistics(&stats, host_plan.view());
+    if (!st.ok()) {
+      std::fprintf(stderr, "plan_statistics: %s\n", st.to_string().c_str());
+      ok = false;
+    }
+  }
+  row->density = stats.density;
+  for (int i = 0; i < 5; ++i) row->level_fraction[i] = stats.level_fraction[i];
+  row->block_n = config.block_n;
+  row->whole_call = true;
+  cudaFree(scores);
+  cudaFree(counts);
+  cudaFree(blocks);
+  cudaFree(workspace);
+  return ok;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string json_path, shapes_arg = "wan1.3b,cogvideox,wan14b";
-  std::string plans_arg = "full,only8x,d0.10,d0.15,d0.30", block_n_arg = "64,128";
+  std::string plans_arg = "full,only8x,d0.10,d0.15,d0.30,call", block_n_arg = "64,128";
   int iters = 10, warmup = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string key = argv[i], value = argv[i + 1];
@@ -304,6 +417,24 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
+    if (std::find(wanted_plans.begin(), wanted_plans.end(), "call") != wanted_plans.end()) {
+      Row r;
+      r.shape = shape.name;
+      r.plan = "call";
+      if (!time_whole_call(&r, sets, kSets, out_view, lse_view, iters, warmup)) return 1;
+      const double dense_flops = 4.0 * static_cast<double>(b * h) * static_cast<double>(l) *
+                                 static_cast<double>(l) * static_cast<double>(d);
+      r.dense_tflops = dense_flops / (r.median_ms * 1e-3) / 1e12;
+      r.effective_tflops = r.density * r.dense_tflops;
+      rows.push_back(r);
+      std::printf("%-10s %-7s %4d %7.4f %5.3f/%5.3f/%5.3f/%5.3f/%5.3f %10.3f %10.1f %10.1f"
+                  "  (pyramid %.3f, estimate %.3f, planner %.3f, attention %.3f ms)\n",
+                  r.shape.c_str(), r.plan.c_str(), r.block_n, r.density, r.level_fraction[0],
+                  r.level_fraction[1], r.level_fraction[2], r.level_fraction[3],
+                  r.level_fraction[4], r.median_ms, r.dense_tflops, r.effective_tflops,
+                  r.call.pyramid_ms, r.call.estimate_ms, r.call.planner_ms, r.call.attention_ms);
+      std::fflush(stdout);
+    }
     for (auto& in : sets) {
       cudaFree(in.q);
       cudaFree(in.k);
@@ -327,7 +458,13 @@ int main(int argc, char** argv) {
         << ", \"level_fraction\": [" << r.level_fraction[0] << ", " << r.level_fraction[1] << ", "
         << r.level_fraction[2] << ", " << r.level_fraction[3] << ", " << r.level_fraction[4]
         << "], \"median_ms\": " << r.median_ms << ", \"dense_tflops\": " << r.dense_tflops
-        << ", \"effective_tflops\": " << r.effective_tflops << "}"
+        << ", \"effective_tflops\": " << r.effective_tflops;
+      if (r.whole_call) {
+        f << ", \"pyramid_ms\": " << r.call.pyramid_ms << ", \"estimate_ms\": "
+          << r.call.estimate_ms << ", \"planner_ms\": " << r.call.planner_ms
+          << ", \"attention_ms\": " << r.call.attention_ms;
+      }
+      f << "}"
         << (i + 1 < rows.size() ? ",\n" : "\n");
     }
     f << "  ]\n}\n";
