@@ -88,6 +88,28 @@ Qkv random_qkv(int64_t batch, int64_t heads_q, int64_t heads_kv, int64_t seq_q, 
   return r;
 }
 
+HostPlan plan_from_level_map(const std::vector<int>& levels, int64_t batch, int64_t heads_q,
+                             int64_t seq_q, int64_t seq_k, const Config& config) {
+  HostPlan plan = make_host_plan(batch, heads_q, seq_q, seq_k, config);
+  poison(plan.blocks);
+  const int64_t nk = plan.blocks.shape()[3];
+  const int64_t rows = plan.counts.numel() / kNumLevels;
+  EXPECT_EQ(static_cast<int64_t>(levels.size()), rows * nk) << "level map of the wrong size";
+  for (int64_t row = 0; row < rows; ++row) {
+    int64_t position = 0;
+    for (int l = 0; l < kNumLevels; ++l) {
+      int64_t count = 0;
+      for (int64_t j = 0; j < nk; ++j) {
+        if (levels[static_cast<size_t>(row * nk + j)] != kLevelFactors[l]) continue;
+        plan.blocks.set(row * nk + position++, static_cast<double>(j));
+        ++count;
+      }
+      plan.counts.set(row * kNumLevels + l, static_cast<double>(count));
+    }
+  }
+  return plan;
+}
+
 std::string replay_hint(uint64_t seed) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::ostringstream os;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "psa/psa.h"
 
@@ -28,6 +29,12 @@ struct Qkv {
 };
 Qkv random_qkv(int64_t batch, int64_t heads_q, int64_t heads_kv, int64_t seq_q, int64_t seq_k,
                int64_t head_dim, DType dtype, uint64_t seed, double scale = 1.0);
+
+// A plan from a level map (B, Hq, Mq, Nk) flattened row-major with values in {0, 1, 2, 4, 8},
+// built here so that attention tests do not depend on the planner. Entries of `blocks` past a
+// row's total are poisoned: they must never be read.
+HostPlan plan_from_level_map(const std::vector<int>& levels, int64_t batch, int64_t heads_q,
+                             int64_t seq_q, int64_t seq_k, const Config& config);
 
 // "replay: PSA_TEST_SEED=<seed> ./psa_cpu_tests --gtest_filter=<current test>"
 std::string replay_hint(uint64_t seed);

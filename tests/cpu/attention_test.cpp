@@ -46,23 +46,7 @@ Config make_config(const Case& c) {
 // A plan from a level map (B, Hq, Mq, Nk) with values in {0, 1, 2, 4, 8}, written here so that
 // these tests do not depend on the planner.
 HostPlan plan_from_map(const std::vector<int>& levels, const Case& c) {
-  HostPlan plan = make_host_plan(c.batch, c.heads_q, c.seq_q, c.seq_k, make_config(c));
-  poison(plan.blocks);  // entries past a row's total are unspecified: they must not be read
-  const int64_t nk = c.num_k_blocks();
-  const int64_t rows = c.batch * c.heads_q * c.num_q_blocks();
-  for (int64_t row = 0; row < rows; ++row) {
-    int64_t position = 0;
-    for (int l = 0; l < kNumLevels; ++l) {
-      int64_t count = 0;
-      for (int64_t j = 0; j < nk; ++j) {
-        if (levels[row * nk + j] != kLevelFactors[l]) continue;
-        plan.blocks.set(row * nk + position++, static_cast<double>(j));
-        ++count;
-      }
-      plan.counts.set(row * kNumLevels + l, static_cast<double>(count));
-    }
-  }
-  return plan;
+  return plan_from_level_map(levels, c.batch, c.heads_q, c.seq_q, c.seq_k, make_config(c));
 }
 
 std::vector<int> uniform_map(const Case& c, int level) {

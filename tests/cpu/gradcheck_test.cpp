@@ -74,27 +74,6 @@ NumericGrads numeric_gradients(Qkv x, const HostTensor& w,
   return g;
 }
 
-// A plan from a level map (B, Hq, Mq, Nk) with values in {0, 1, 2, 4, 8}.
-HostPlan plan_from_map(const std::vector<int>& levels, int64_t batch, int64_t heads_q,
-                       int64_t seq_q, int64_t seq_k, const Config& config) {
-  HostPlan plan = make_host_plan(batch, heads_q, seq_q, seq_k, config);
-  poison(plan.blocks);  // entries past a row's total are unspecified
-  const int64_t nk = plan.blocks.shape()[3];
-  const int64_t rows = plan.counts.numel() / kNumLevels;
-  for (int64_t row = 0; row < rows; ++row) {
-    int64_t position = 0;
-    for (int l = 0; l < kNumLevels; ++l) {
-      int64_t count = 0;
-      for (int64_t j = 0; j < nk; ++j) {
-        if (levels[row * nk + j] != kLevelFactors[l]) continue;
-        plan.blocks.set(row * nk + position++, static_cast<double>(j));
-        ++count;
-      }
-      plan.counts.set(row * kNumLevels + l, static_cast<double>(count));
-    }
-  }
-  return plan;
-}
 
 // B = 1, Hq = 2, Hkv = 1 (GQA), Lq = 20, Lk = 37, D = 4, blocks 16: Mq = 2, Nk = 3, the last key
 // block holds 5 tokens (ragged pooled tails at every level).
@@ -119,7 +98,7 @@ TEST(Gradcheck, AttentionBackwardMatchesFiniteDifferences) {
     const Qkv x = random_qkv(nb, hq, hkv, lq, lk, dim, DType::kFloat64, seed);
     HostTensor w(DType::kFloat64, x.q.shape());
     fill_normal(w, seed + 7);
-    const HostPlan plan = plan_from_map(levels, nb, hq, lq, lk, config);
+    const HostPlan plan = plan_from_level_map(levels, nb, hq, lq, lk, config);
 
     auto forward = [&](HostTensor* out, const Qkv& in, HostTensor* lse) {
       HostPyramid pyramid = make_host_pyramid(nb, hkv, lk, dim, DType::kFloat64);
