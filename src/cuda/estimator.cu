@@ -1,18 +1,18 @@
-// Block importance on the GPU (SPEC 4), Hopper (sm_90a). A CTA of two warpgroups takes the sampled
-// query rows of G query blocks (kRows = 128 or 64 rows) and streams the sampled keys of every
-// visible key block through a ring of shared-memory tiles of kKeyTile rows, gathered row by row
-// with cp.async (each sampled key row is D contiguous elements). S = Q K^T of a tile is one wgmma
-// m64 nN k16 chain per warpgroup from shared memory (128-byte swizzle, fp32 accumulators); the
-// epilogue of a tile takes the max of each key block's s_n columns in registers (quad shuffles),
-// so a (row, block) costs one shared-memory update per tile. Nothing is written to global memory
-// but the scores: no workspace.
+// Block importance on the GPU (SPEC 4), Hopper (sm_90a). A CTA of two warpgroups takes the
+// sampled query rows of G query blocks (kRows = 128 rows, 64 per warpgroup) and streams the
+// sampled keys of every visible key block through a ring of shared-memory tiles of kKeyTile
+// rows, gathered row by row with cp.async (each sampled key row is D contiguous elements).
+// S = Q K^T of a tile is one wgmma m64 n128 k16 chain per warpgroup from shared memory (128-byte
+// swizzle, fp32 accumulators); the epilogue of a tile takes the max of each key block's s_n
+// columns in registers (quad shuffles), so a (row, block) costs one shared-memory update per
+// tile. Nothing is written to global memory but the scores: no workspace.
 //
 // Two modes give the same numbers (max commutes with the monotone rounding of scale * dot, of
 // "- m_i" and of expf):
 //   stored:   the raw maxima max_j q_i.k_j of every row i and block J stay in shared memory
 //             (kRows x Nk fp32); then m_i = scale * max_J, D(J) = max_i (scale * max_j - m_i).
 //   two-pass: when that table does not fit, pass 1 computes m_i, pass 2 folds scale * q_i.k_j -
-//             m_i into D(J) directly; twice the tensor work, kRows = 128.
+//             m_i into D(J) directly; twice the tensor work.
 // P(J) = expf(D(J)), then each row is divided by its sum. Under causal attention, blocks wholly
 // invisible to a query block are excluded from m_i and the sum, and score 0. Rows of one query
 // block beyond kRows (s_m > kRows, only with explicit samples_m) are taken kRows at a time, the
@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 
 #include "common/index_math.h"
 #include "common/planner_rules.h"
@@ -46,7 +45,8 @@ using detail_attention::wgmma_wait;
 
 constexpr int kThreads = 256;  // two warpgroups
 constexpr int kWarps = kThreads / 32;
-constexpr int kKeyTile = 128;  // sampled key rows per tile
+constexpr int kKeyTile = 128;  // sampled key rows per tile: the N of each warpgroup's wgmma
+constexpr int kRows = 128;     // sampled query rows per CTA: 64 per warpgroup
 constexpr int kMaxStages = 4;
 constexpr int kColumnBlock = 64;  // elements per 128-byte swizzle column block
 constexpr int kChunkElems = 8;    // 16 bytes of fp16 / bf16
@@ -83,7 +83,8 @@ struct SmemLayout {
   size_t q, k, q_offsets, k_offsets, visible, row_max, d_table, r_table, reduce, total;
 };
 __host__ __device__ inline size_t align16(size_t x) { return (x + 15) / 16 * 16; }
-__host__ __device__ inline SmemLayout smem_layout(const EstimatorParams& p, int rows, bool stored) {
+__host__ __device__ inline SmemLayout smem_layout(const EstimatorParams& p, bool stored) {
+  const size_t rows = kRows;
   SmemLayout s;
   size_t at = 0;
   const size_t stride = static_cast<size_t>(table_stride(p));
@@ -236,12 +237,13 @@ __device__ __forceinline__ void load_key_tile(unsigned char* tile, const Estimat
   }
 }
 
-// Folds one warpgroup tile of logits (acc, kN = 8 kNTiles key columns starting at sampled key
-// key0) into the maxima of kMode. kGroups n8 column groups make one key block (s_n = 8 kGroups,
-// which divides 64, so no block straddles a tile or a warpgroup's half of one): each block is
+// Folds one warpgroup tile of logits (acc, 8 kNTiles key columns starting at sampled key key0)
+// into the maxima of kMode. kGroups n8 column groups make one key block (s_n = 8 kGroups, which
+// divides kKeyTile, so no block straddles two tiles): each block is
 // reduced in registers, then across the quad (and for pass 2 across the warp's 16 rows when
 // they share a query block), then one shared-memory update. Blocks are independent, so their
-// shuffles and updates overlap. acc[4 nj + e]: row r[e / 2], key column 8 nj + 2 (lane % 4) + e % 2.
+// shuffles and updates overlap.
+// acc[4 nj + e]: row r[e / 2], key column 8 nj + 2 (lane % 4) + e % 2.
 template <int kGroups, Mode kMode, int kNTiles>
 __device__ __forceinline__ void fold_blocks(const float (&acc)[4 * kNTiles], int key0,
                                             const EstimatorParams& p, const CtaState& s,
@@ -300,7 +302,7 @@ __device__ __forceinline__ void fold_blocks(const float (&acc)[4 * kNTiles], int
   }
 }
 
-// The same for any s_n, element by element (a block may straddle tiles and warpgroups).
+// The same for any s_n, element by element (a block may straddle two tiles).
 template <Mode kMode, int kNTiles>
 __device__ __forceinline__ void fold_elements(const float (&acc)[4 * kNTiles], int key0,
                                               const EstimatorParams& p, const CtaState& s,
@@ -329,24 +331,22 @@ __device__ __forceinline__ void fold_elements(const float (&acc)[4 * kNTiles], i
 }
 
 // One sweep over the sampled keys: the logits of every (sampled query, sampled key) pair folded
-// into the maxima of kMode. kSplitKeys: both warpgroups hold the same 64 rows and take 64 keys of
-// each tile; else each takes 64 rows and all 128 keys.
-template <typename T, bool kSplitKeys, int kDimBlocks, Mode kMode>
+// into the maxima of kMode. Each warpgroup takes its 64 rows against all kKeyTile keys of a tile.
+template <typename T, int kDimBlocks, Mode kMode>
 __device__ void sweep_keys(const EstimatorParams& p, const CtaState& s, const ThreadRows& tr) {
-  constexpr int kRows = kSplitKeys ? 64 : 128;
-  constexpr int kN = kSplitKeys ? 64 : 128;  // keys of a warpgroup's wgmma
-  constexpr int kNTiles = kN / 8;
+  constexpr int kNTiles = kKeyTile / 8;
   const int lane = threadIdx.x % 32, warpgroup = threadIdx.x / 128;
   const int stages = p.stages;
   const int num_tiles = (s.total_keys + kKeyTile - 1) / kKeyTile;
   const uint32_t tile_bytes = static_cast<uint32_t>(kKeyTile) * p.padded_dim * 2;
   for (int st = 0; st < stages - 1; ++st) {
-    if (st < num_tiles) load_key_tile<T, kDimBlocks>(s.k_tiles + st * tile_bytes, p, s, st * kKeyTile);
+    if (st < num_tiles) {
+      load_key_tile<T, kDimBlocks>(s.k_tiles + st * tile_bytes, p, s, st * kKeyTile);
+    }
     cp_async_commit();
   }
   const uint64_t q_desc =
-      make_smem_desc(smem_addr(s.q_tile) + (kSplitKeys ? 0 : warpgroup * 64 * 128));
-  const int column_base = kSplitKeys ? warpgroup * 64 : 0;
+      make_smem_desc(smem_addr(s.q_tile) + warpgroup * 64 * 128);
   // Pass 2: m_i in scaled units.
   float shift[2] = {0.0f, 0.0f};
   if constexpr (kMode == Mode::kPass2) {
@@ -370,19 +370,19 @@ __device__ void sweep_keys(const EstimatorParams& p, const CtaState& s, const Th
     }
     cp_async_commit();
 
-    float acc[kN / 2];
-    const uint64_t k_desc = make_smem_desc(smem_addr(s.k_tiles + (tile % stages) * tile_bytes) +
-                                           (kSplitKeys ? warpgroup * 64 * 128 : 0));
+    float acc[kKeyTile / 2];
+    const uint64_t k_desc = make_smem_desc(smem_addr(s.k_tiles + (tile % stages) * tile_bytes));
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kDimBlocks * kColumnBlock / 16; ++kk) {
       const uint32_t q_offset = (kk / 4) * kRows * 128 + (kk % 4) * 32;
       const uint32_t k_offset = (kk / 4) * kKeyTile * 128 + (kk % 4) * 32;
       if (kk == 0) {
-        Wgmma<T, kN>::ss_first(acc, desc_advance(q_desc, q_offset),
+        Wgmma<T, kKeyTile>::ss_first(acc, desc_advance(q_desc, q_offset),
                                desc_advance(k_desc, k_offset));
       } else {
-        Wgmma<T, kN>::ss(acc, desc_advance(q_desc, q_offset), desc_advance(k_desc, k_offset), 1);
+        Wgmma<T, kKeyTile>::ss(acc, desc_advance(q_desc, q_offset),
+                               desc_advance(k_desc, k_offset), 1);
       }
     }
     wgmma_commit();
@@ -390,7 +390,7 @@ __device__ void sweep_keys(const EstimatorParams& p, const CtaState& s, const Th
     fence_registers(acc);
 
     // acc[4 nj + e]: row r[e / 2], key column nj * 8 + 2 * (lane % 4) + e % 2.
-    const int key0 = tile * kKeyTile + column_base;
+    const int key0 = tile * kKeyTile;
     switch (p.samples_n) {
       case 8: fold_blocks<1, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
       case 16: fold_blocks<2, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
@@ -409,18 +409,18 @@ __device__ void sweep_keys(const EstimatorParams& p, const CtaState& s, const Th
   __syncthreads();
 }
 
-template <typename T, bool kSplitKeys, bool kStored, int kDimBlocks>
+template <typename T, bool kStored, int kDimBlocks>
 __global__ void __launch_bounds__(kThreads, 2) estimate_importance_kernel(EstimatorParams p) {
-  constexpr int kRows = kSplitKeys ? 64 : 128;
-  static_assert(kThreads == 256, "two warpgroups: 2 x 64 rows, or 64 rows x 2 key halves");
+  static_assert(kThreads == 256 && kRows == 128, "two warpgroups of 64 rows");
   static_assert(kKeyTile == 128 && kKeyTile % 8 == 0, "a tile is whole n8 groups per warpgroup");
   static_assert(kChunkElems * sizeof(T) == 16, "cp.async moves 16 bytes");
-  static_assert(kDimBlocks >= 1 && kDimBlocks * kColumnBlock <= kMaxHeadDim, "D fits the swizzled tiles");
+  static_assert(kDimBlocks >= 1 && kDimBlocks * kColumnBlock <= kMaxHeadDim,
+                "D fits the swizzled tiles");
   static_assert(kColumnBlock * sizeof(T) == 128, "a swizzle column block is 128 bytes");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((kSwizzleAlign - smem_addr(smem_raw) % kSwizzleAlign) %
                                     kSwizzleAlign);
-  const SmemLayout layout = smem_layout(p, kRows, kStored);
+  const SmemLayout layout = smem_layout(p, kStored);
   CtaState s;
   s.q_tile = smem + layout.q;
   s.k_tiles = smem + layout.k;
@@ -467,7 +467,7 @@ __global__ void __launch_bounds__(kThreads, 2) estimate_importance_kernel(Estima
   // This thread's accumulator rows: warp w of warpgroup wg holds rows 16 w + lane / 4 (+ 8) of
   // the warpgroup's 64.
   const int warpgroup = threadIdx.x / 128, warp_in_group = warp % 4;
-  const int row_base = (kSplitKeys ? 0 : warpgroup * 64) + warp_in_group * 16;
+  const int row_base = warpgroup * 64 + warp_in_group * 16;
   for (int chunk = 0; chunk < p.row_chunks; ++chunk) {
     // Row r of the tile is sampled row chunk * kRows + r of the group: query block idx / s_m,
     // sample idx % s_m.
@@ -508,7 +508,7 @@ __global__ void __launch_bounds__(kThreads, 2) estimate_importance_kernel(Estima
     __syncthreads();
 
     if constexpr (kStored) {
-      sweep_keys<T, kSplitKeys, kDimBlocks, Mode::kStored>(p, s, tr);
+      sweep_keys<T, kDimBlocks, Mode::kStored>(p, s, tr);
       // D(g, J) = max over the chunk's rows i of g of scale * max_j - m_i.
       for (int g = 0; g < G; ++g) {
         const int lo = max(g * p.samples_m, chunk * kRows) - chunk * kRows;
@@ -523,8 +523,8 @@ __global__ void __launch_bounds__(kThreads, 2) estimate_importance_kernel(Estima
         }
       }
     } else {
-      sweep_keys<T, kSplitKeys, kDimBlocks, Mode::kPass1>(p, s, tr);
-      sweep_keys<T, kSplitKeys, kDimBlocks, Mode::kPass2>(p, s, tr);
+      sweep_keys<T, kDimBlocks, Mode::kPass1>(p, s, tr);
+      sweep_keys<T, kDimBlocks, Mode::kPass2>(p, s, tr);
     }
     __syncthreads();
   }
@@ -571,27 +571,27 @@ struct SmemBudget {
   size_t per_cta, per_sm, reserved;
 };
 
-// One launch configuration: rows per CTA (128, or 64 with the keys split), mode, ring depth.
+// One launch configuration: mode and ring depth.
 struct Choice {
-  bool split, stored;
+  bool stored;
   EstimatorParams p;
   size_t smem;
-  int ctas_per_sm;
 };
 
 // The head dim in 64-element column blocks is a template parameter, so that the wgmma k-loop
 // unrolls (a run-time trip count made ptxas insert a warpgroup.arrive before each wgmma).
-template <typename T, bool kSplitKeys, bool kStored>
+template <typename T, bool kStored>
 Status launch_kernel(const Choice& c, cudaStream_t stream) {
-  auto kernel = estimate_importance_kernel<T, kSplitKeys, kStored, 1>;
-  if (c.p.padded_dim == 2 * kColumnBlock) kernel = estimate_importance_kernel<T, kSplitKeys, kStored, 2>;
-  if (c.p.padded_dim == 3 * kColumnBlock) kernel = estimate_importance_kernel<T, kSplitKeys, kStored, 3>;
-  if (c.p.padded_dim == 4 * kColumnBlock) kernel = estimate_importance_kernel<T, kSplitKeys, kStored, 4>;
+  auto kernel = estimate_importance_kernel<T, kStored, 1>;
+  if (c.p.padded_dim == 2 * kColumnBlock) kernel = estimate_importance_kernel<T, kStored, 2>;
+  if (c.p.padded_dim == 3 * kColumnBlock) kernel = estimate_importance_kernel<T, kStored, 3>;
+  if (c.p.padded_dim == 4 * kColumnBlock) kernel = estimate_importance_kernel<T, kStored, 4>;
   PSA_RETURN_IF_ERROR(cuda_check(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(c.smem)),
       "cudaFuncSetAttribute(estimate_importance_kernel)"));
-  const int64_t grid = c.p.batch * c.p.heads_q * detail::ceil_div(c.p.num_q_blocks, c.p.group_blocks);
+  const int64_t grid =
+      c.p.batch * c.p.heads_q * detail::ceil_div(c.p.num_q_blocks, c.p.group_blocks);
   if (grid > kMaxGridX) return unsupported("estimate_importance: too many query blocks");
   kernel<<<static_cast<unsigned>(grid), kThreads, c.smem, stream>>>(c.p);
   return check_launch("estimate_importance_kernel");
@@ -599,48 +599,35 @@ Status launch_kernel(const Choice& c, cudaStream_t stream) {
 
 // Fills in G, the row chunks and the deepest ring (<= kMaxStages) that fits `limit` bytes.
 bool fit_stages(Choice& c, size_t limit) {
-  const int rows = c.split ? 64 : 128;
   EstimatorParams& p = c.p;
-  p.group_blocks = std::max(1, std::min(rows / p.samples_m, p.num_q_blocks));
-  p.row_chunks = p.samples_m > rows ? (p.samples_m + rows - 1) / rows : 1;
+  p.group_blocks = std::max(1, std::min(kRows / p.samples_m, p.num_q_blocks));
+  p.row_chunks = p.samples_m > kRows ? (p.samples_m + kRows - 1) / kRows : 1;
   for (int stages = kMaxStages; stages >= 2; --stages) {
     p.stages = stages;
-    c.smem = smem_layout(p, rows, c.stored).total;
+    c.smem = smem_layout(p, c.stored).total;
     if (c.smem <= limit) return true;
   }
   return false;
 }
 
 // Two CTAs per SM when their shared memory allows it (the kernels are built for <= 128
-// registers, two CTAs' worth), else one.
+// registers, two CTAs' worth), with the deepest ring that keeps two; else one CTA per SM.
 bool fit(Choice& c, const SmemBudget& budget) {
   const size_t two_per_sm = std::min(budget.per_cta, budget.per_sm / 2 - budget.reserved);
-  c.ctas_per_sm = 2;
-  if (fit_stages(c, two_per_sm)) return true;
-  c.ctas_per_sm = 1;
-  return fit_stages(c, budget.per_cta);
+  return fit_stages(c, two_per_sm) || fit_stages(c, budget.per_cta);
 }
 
+// Stored whenever its (128, Nk) table fits, else two-pass. Measured on an H200 (kernel_notes):
+// stored at one CTA per SM beats two-pass at two (CogVideoX 5B block_n 64, Nk = 278: 1.38 vs
+// 1.49 ms; block_n 128: 1.06 vs 1.27 ms), and two-pass at two CTAs per SM beat a stored
+// variant with 64 rows per CTA (the table halved) on every shape (Wan2.1 1.3B block_n 64,
+// Nk = 512: 1.75 vs 2.18 ms), so that variant is not kept.
 template <typename T>
 Status launch(const EstimatorParams& base, const SmemBudget& budget, cudaStream_t stream) {
-  const char* force = std::getenv("PSA_ESTIMATOR_CHOICE");
-  const int forced = force ? std::atoi(force) : -1;
-  // Order of preference: two CTAs per SM before one (the sweep is latency-bound: 16 warps hide
-  // each other's loads, barriers and epilogues); then one pass (stored) before two, 128 rows
-  // per CTA (each key tile serves 128 rows) before 64.
-  Choice candidates[3] = {Choice{false, true, base, 0, 0}, Choice{true, true, base, 0, 0},
-                          Choice{false, false, base, 0, 0}};
-  bool fits[3];
-  for (int i = 0; i < 3; ++i) fits[i] = (forced < 0 || forced == i) && fit(candidates[i], budget);
-  for (const int want : {2, 1}) {
-    for (int i = 0; i < 3; ++i) {
-      const Choice& c = candidates[i];
-      if (!fits[i] || c.ctas_per_sm != want) continue;
-      if (c.split) return launch_kernel<T, true, true>(c, stream);
-      return c.stored ? launch_kernel<T, false, true>(c, stream)
-                      : launch_kernel<T, false, false>(c, stream);
-    }
-  }
+  Choice stored{true, base, 0};
+  if (fit(stored, budget)) return launch_kernel<T, true>(stored, stream);
+  Choice two_pass{false, base, 0};
+  if (fit(two_pass, budget)) return launch_kernel<T, false>(two_pass, stream);
   return unsupported("estimate_importance: Nk = " + std::to_string(base.num_k_blocks) +
                      " key blocks need more shared memory than this device has");
 }

@@ -190,11 +190,11 @@ INSTANTIATE_TEST_SUITE_P(
         EstimatorCase{"odd_samples", DType::kFloat16, 1, 2, 1, 500, 600, 64, 64, 64, false, false, 5, 3},
         EstimatorCase{"padded_dim40", DType::kBFloat16, 1, 2, 2, 256, 512, 40, 64, 32, true, false},
         EstimatorCase{"scalar_dim36", DType::kFloat16, 1, 2, 1, 300, 300, 36, 64, 64, false, true},
-        // (G s_m) x Nk fp32 = 32 x 2048 x 4 = 256 KiB does not fit: the two-pass mode.
+        // 128 x 2049 fp32 = 1 MiB does not fit: the two-pass mode.
         EstimatorCase{"two_pass", DType::kBFloat16, 1, 1, 1, 256, 65536, 64, 128, 32, false, false},
-        // 128 x 129 fp32 does not fit two CTAs per SM but 64 x 129 does: the stored mode with 64
-        // rows per CTA, the two warpgroups splitting each key tile.
-        EstimatorCase{"stored_64_rows", DType::kFloat16, 1, 2, 1, 1024, 8192, 64, 128, 64, false, true},
+        // The (128, Nk + 1) fp32 table (66 KiB) and a ring do not fit two CTAs per SM: the stored
+        // mode at one CTA per SM with a 4-stage ring.
+        EstimatorCase{"stored_one_cta_per_sm", DType::kFloat16, 1, 2, 1, 1024, 8192, 64, 128, 64, false, true},
         // Two-pass with s_m = 24: a warp's 16 rows straddle query blocks.
         EstimatorCase{"two_pass_rows_straddle", DType::kBFloat16, 1, 1, 1, 512, 65536, 64, 128, 32, false, false, 24, 0},
         // block_n 256, s_n = 64: eight n8 column groups per key block.
@@ -583,9 +583,13 @@ void time_plan_stages(const char* label, int64_t heads, int64_t seq, int64_t dim
     }
     std::sort(est_ms.begin(), est_ms.end());
     std::sort(plan_ms.begin(), plan_ms.end());
-    std::printf("[timing] %s %s block_n %d: estimator %.3f ms, planner %.3f ms (median of %d)\n",
+    // The sampled GEMM of the estimator: (Mq s_m) x (Nk s_n) x D per head, 2 flops a term.
+    const double sampled_flops = 2.0 * batch * heads * (shape.num_q_blocks * (config.block_m / 4)) *
+                                 (shape.num_k_blocks * (config.block_n / 4)) * dim;
+    std::printf("[timing] %s %s block_n %d: estimator %.3f ms (%.0f TFLOP/s of the sampled GEMM), "
+                "planner %.3f ms (median of %d)\n",
                 label, plan_mode_name(config.mode), config.block_n, est_ms[kRuns / 2],
-                plan_ms[kRuns / 2], kRuns);
+                sampled_flops / (est_ms[kRuns / 2] * 1e9), plan_ms[kRuns / 2], kRuns);
     PSA_CUDA_CHECK(cudaEventDestroy(e0));
     PSA_CUDA_CHECK(cudaEventDestroy(e1));
     PSA_CUDA_CHECK(cudaEventDestroy(e2));
