@@ -8,6 +8,8 @@
 // adds one more rounding of the same size (P to 16 bits before P V), so it lands near sqrt(2)x.
 #include <gtest/gtest.h>
 
+#include <ostream>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -36,6 +38,8 @@ struct AttentionCase {
   bool with_lse;
   float softmax_scale = 0.0f;  // 0 selects 1/sqrt(D)
 };
+// gtest prints a case by its name (not as raw bytes) in test listings and failures.
+void PrintTo(const AttentionCase& c, std::ostream* os) { *os << c.name; }
 
 // The sweep. Lengths are ragged unless a case says otherwise (e.g. 389 = 6 * 64 + 5).
 const AttentionCase kCases[] = {

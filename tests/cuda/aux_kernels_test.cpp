@@ -4,6 +4,8 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <ostream>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -136,6 +138,7 @@ struct EstimatorCase {
   bool causal, strided;
   int samples_m = 0, samples_n = 0;
 };
+void PrintTo(const EstimatorCase& c, std::ostream* os) { *os << c.name; }
 
 void PrintTo(const EstimatorCase& c, std::ostream* os) { *os << c.name; }
 
@@ -267,6 +270,7 @@ struct PlannerCase {
   bool ties = false;
   int64_t heads_q = 2, heads_kv = 2;
 };
+void PrintTo(const PlannerCase& c, std::ostream* os) { *os << c.name; }
 
 void PrintTo(const PlannerCase& c, std::ostream* os) { *os << c.name; }
 
