@@ -138,7 +138,6 @@ struct EstimatorCase {
   bool causal, strided;
   int samples_m = 0, samples_n = 0;
 };
-void PrintTo(const EstimatorCase& c, std::ostream* os) { *os << c.name; }
 
 void PrintTo(const EstimatorCase& c, std::ostream* os) { *os << c.name; }
 
@@ -270,7 +269,6 @@ struct PlannerCase {
   bool ties = false;
   int64_t heads_q = 2, heads_kv = 2;
 };
-void PrintTo(const PlannerCase& c, std::ostream* os) { *os << c.name; }
 
 void PrintTo(const PlannerCase& c, std::ostream* os) { *os << c.name; }
 
