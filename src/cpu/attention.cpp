@@ -208,9 +208,11 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
     for (double& x : kv.v[l]) x = round_to_dtype(x, v.dtype);
   }
 
-  // Per row (B, Hq, Lq): LSE_i and Delta_i = dout_i . O_i, recomputed in double rather than read
-  // from `lse` and `out`, so that the gradient is exact whatever precision those were stored in
-  // (an fp32 LSE alone moves every P of its row by up to 2^-24 |LSE| relative).
+  // Pass 1, per (b, h, query block). Each row's LSE_i and Delta_i = dout_i . O_i are recomputed in
+  // double rather than read from `lse` and `out`, so that the gradient is exact whatever precision
+  // those were stored in (an fp32 LSE alone moves every P of its row by up to 2^-24 |LSE|
+  // relative); they are kept for pass 2. With the row's logits at hand, dQ follows:
+  // dq_i = scale * sum_u dS_u kbar_u, P_u = exp(s_u - LSE_i), dS_u = P_u (dout_i . vbar_u - Delta_i).
   const int64_t num_rows = pb.batch * pb.heads_q * pb.seq_q;
   std::vector<double> row_lse(static_cast<size_t>(num_rows)), delta(static_cast<size_t>(num_rows));
   parallel_for(pb.batch * pb.heads_q * pb.num_q_blocks, [&](int64_t task) {
@@ -219,33 +221,17 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
     const int64_t b = task / (pb.num_q_blocks * pb.heads_q);
     std::vector<Unit> units;
     row_units(&units, kv, plan, pb, b, h, qblock);
-    std::vector<double> logits(units.size()), o(static_cast<size_t>(pb.head_dim));
+    std::vector<double> logits(units.size()), o(static_cast<size_t>(pb.head_dim)),
+        acc(static_cast<size_t>(pb.head_dim));
     const int64_t rows = detail::block_rows(pb.seq_q, pb.block_m, qblock);
     for (int64_t i = qblock * pb.block_m; i < qblock * pb.block_m + rows; ++i) {
       const int64_t r = (b * pb.heads_q + h) * pb.seq_q + i;
       const double* q_row = row_ptr(q_d, pb, pb.heads_q, pb.seq_q, b, h, i);
+      const double* do_row = row_ptr(dout_d, pb, pb.heads_q, pb.seq_q, b, h, i);
       row_lse[r] = attend_row(o.data(), logits.data(), q_row, units, pb, i);
-      delta[r] = dot(o.data(), row_ptr(dout_d, pb, pb.heads_q, pb.seq_q, b, h, i), pb.head_dim);
-    }
-  });
-
-  // Pass 1, dQ per (b, h, query block): dq_i = scale * sum_u dS_u kbar_u with
-  // P_u = exp(s_u - LSE_i), dS_u = P_u (dout_i . vbar_u - Delta_i).
-  parallel_for(pb.batch * pb.heads_q * pb.num_q_blocks, [&](int64_t task) {
-    const int64_t qblock = task % pb.num_q_blocks;
-    const int64_t h = (task / pb.num_q_blocks) % pb.heads_q;
-    const int64_t b = task / (pb.num_q_blocks * pb.heads_q);
-    std::vector<Unit> units;
-    row_units(&units, kv, plan, pb, b, h, qblock);
-    std::vector<double> logits(units.size()), acc(static_cast<size_t>(pb.head_dim));
-    const int64_t rows = detail::block_rows(pb.seq_q, pb.block_m, qblock);
-    for (int64_t i = qblock * pb.block_m; i < qblock * pb.block_m + rows; ++i) {
-      const int64_t r = (b * pb.heads_q + h) * pb.seq_q + i;
+      delta[r] = dot(o.data(), do_row, pb.head_dim);
       std::fill(acc.begin(), acc.end(), 0.0);
       if (row_lse[r] != kNegInf) {  // a row that saw nothing has no gradient
-        const double* q_row = row_ptr(q_d, pb, pb.heads_q, pb.seq_q, b, h, i);
-        const double* do_row = row_ptr(dout_d, pb, pb.heads_q, pb.seq_q, b, h, i);
-        row_logits(logits.data(), q_row, units, pb, i);
         for (size_t u = 0; u < units.size(); ++u) {
           if (logits[u] == kNegInf) continue;
           const double p = std::exp(logits[u] - row_lse[r]);
