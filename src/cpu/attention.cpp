@@ -212,7 +212,8 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
   // double rather than read from `lse` and `out`, so that the gradient is exact whatever precision
   // those were stored in (an fp32 LSE alone moves every P of its row by up to 2^-24 |LSE|
   // relative); they are kept for pass 2. With the row's logits at hand, dQ follows:
-  // dq_i = scale * sum_u dS_u kbar_u, P_u = exp(s_u - LSE_i), dS_u = P_u (dout_i . vbar_u - Delta_i).
+  //   dq_i = scale * sum_u dS_u kbar_u, P_u = exp(s_u - LSE_i),
+  //   dS_u = P_u (dout_i . vbar_u - Delta_i).
   const int64_t num_rows = pb.batch * pb.heads_q * pb.seq_q;
   std::vector<double> row_lse(static_cast<size_t>(num_rows)), delta(static_cast<size_t>(num_rows));
   parallel_for(pb.batch * pb.heads_q * pb.num_q_blocks, [&](int64_t task) {
