@@ -296,11 +296,19 @@ Status attention_forward(TensorView out, TensorView lse, const TensorView& q, co
 #endif
 }
 
+size_t attention_backward_workspace_bytes(const TensorView& dout, const TensorView& q,
+                                          const TensorView& k, const PlanView& plan,
+                                          const Config& config) {
+  (void)dout, (void)q, (void)k, (void)plan, (void)config;
+  return 0;
+}
+
 Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const TensorView& dout,
                           const TensorView& q, const TensorView& k, const TensorView& v,
                           const TensorView& out, const TensorView& lse, const PlanView& plan,
-                          const Config& config, Stream stream) {
-  (void)stream;
+                          const Config& config, void* workspace, size_t workspace_bytes,
+                          Stream stream) {
+  (void)workspace, (void)workspace_bytes, (void)stream;
   PSA_RETURN_IF_ERROR(validate_config(config));
   ProblemShape s;
   PSA_RETURN_IF_ERROR(detail::check_qkv(&s, q, k, v));

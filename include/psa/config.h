@@ -56,6 +56,11 @@ struct Config {
   // 0 selects 1/sqrt(head_dim).
   float softmax_scale = 0.0f;
 
+  // Backward only: bitwise reproducible gradients (dK and dV accumulated across query blocks in a
+  // fixed order). false allows an order-dependent accumulation that is faster; the gradients then
+  // differ between runs by fp32 rounding.
+  bool deterministic = true;
+
   int effective_samples_m() const { return samples_m > 0 ? samples_m : block_m / 4; }
   int effective_samples_n() const { return samples_n > 0 ? samples_n : block_n / 4; }
 };

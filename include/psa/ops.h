@@ -68,12 +68,21 @@ Status attention_forward(TensorView out, TensorView lse, const TensorView& q, co
                          const TensorView& v, const PyramidView& pyramid, const PlanView& plan,
                          const Config& config, Stream stream = nullptr);
 
-// Exact gradients of attention_forward for the plan as given. dq, dk, dv have the shapes (and may
-// have the strides) of q, k, v; out and lse come from the forward.
+// Exact gradients of attention_forward for the plan as given (SPEC 7). dq, dk, dv have the shapes
+// (and may have the strides) of q, k, v; out and lse come from the forward. config supplies causal,
+// softmax_scale and deterministic (block sizes come from the plan). dK and dV are gradients with
+// respect to the original k and v: a pooled token passes its gradient to the c tokens it averages.
+// Workspace (CUDA only, attention_backward_workspace_bytes): the pyramid of k and v, fp32
+// accumulators of every level's dK and dV, the row terms rowsum(dout * out) and, when config is
+// deterministic, the accumulation order. The CPU backward needs none.
+size_t attention_backward_workspace_bytes(const TensorView& dout, const TensorView& q,
+                                          const TensorView& k, const PlanView& plan,
+                                          const Config& config);
 Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const TensorView& dout,
                           const TensorView& q, const TensorView& k, const TensorView& v,
                           const TensorView& out, const TensorView& lse, const PlanView& plan,
-                          const Config& config, Stream stream = nullptr);
+                          const Config& config, void* workspace = nullptr,
+                          size_t workspace_bytes = 0, Stream stream = nullptr);
 
 // Dense attention, the reference for the all-level-1 equality. `scale` 0 selects 1/sqrt(D).
 Status dense_attention_forward(TensorView out, TensorView lse, const TensorView& q,

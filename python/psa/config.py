@@ -73,7 +73,8 @@ class Config:
 
     ends are the cumulative interval ends of levels 1, 2, 4, 8 (e1 <= e2 <= e4 <= e8 <= 1); the rest
     of a row is skipped. sim_thresholds are for pool factors 2, 4, 8. softmax_scale 0 selects
-    1/sqrt(head_dim); samples_m / samples_n 0 select block/4.
+    1/sqrt(head_dim); samples_m / samples_n 0 select block/4. deterministic (backward only):
+    bitwise reproducible gradients; False allows a faster order-dependent accumulation.
     """
 
     block_m: int = 128
@@ -92,6 +93,7 @@ class Config:
     causal: bool = False
     keep_first_block: bool = False
     softmax_scale: float = 0.0
+    deterministic: bool = True
 
     def __post_init__(self):
         normalised = {
@@ -111,6 +113,7 @@ class Config:
             "causal": _as_bool("causal", self.causal),
             "keep_first_block": _as_bool("keep_first_block", self.keep_first_block),
             "softmax_scale": _as_float("softmax_scale", self.softmax_scale),
+            "deterministic": _as_bool("deterministic", self.deterministic),
         }
         if not 0 <= normalised["seed"] < 2**64:
             raise ValueError(f"config.seed must be in [0, 2**64), got {self.seed}")
@@ -158,6 +161,7 @@ class Config:
         native.causal = self.causal
         native.keep_first_block = self.keep_first_block
         native.softmax_scale = self.softmax_scale
+        native.deterministic = self.deterministic
         return native
 
     @staticmethod
@@ -180,6 +184,7 @@ class Config:
             causal=native.causal,
             keep_first_block=native.keep_first_block,
             softmax_scale=float(f"{native.softmax_scale:.7g}"),
+            deterministic=native.deterministic,
         )
 
     def topk_density(self, num_k_blocks: int) -> float:

@@ -105,7 +105,8 @@ void bind_config(nb::module_& m) {
       .def_rw("sim_thresholds", &Config::sim_thresholds)
       .def_rw("causal", &Config::causal)
       .def_rw("keep_first_block", &Config::keep_first_block)
-      .def_rw("softmax_scale", &Config::softmax_scale);
+      .def_rw("softmax_scale", &Config::softmax_scale)
+      .def_rw("deterministic", &Config::deterministic);
 
   m.def("validate_config", [](const Config& config) { check(validate_config(config)); },
         "Raises ValueError naming the first invalid field.");
@@ -366,10 +367,25 @@ void bind_ops(nb::module_& m) {
       nb::arg("block_m"), nb::arg("block_n"), nb::arg("config"), nb::arg("stream") = 0);
 
   m.def(
+      "attention_backward_workspace_bytes",
+      [](InArray dout, InArray q, InArray k, InArray counts, InArray blocks, int block_m,
+         int block_n, const Config& config) {
+        const TensorView dov = to_view(dout, "dout");
+        const TensorView qv = to_view(q, "q"), kv = to_view(k, "k");
+        const PlanView plan = make_plan(to_view(counts, "plan.counts"),
+                                        to_view(blocks, "plan.blocks"), block_m, block_n,
+                                        qv.rank == 4 ? qv.shape[2] : 0,
+                                        kv.rank == 4 ? kv.shape[2] : 0);
+        return attention_backward_workspace_bytes(dov, qv, kv, plan, config);
+      },
+      nb::arg("dout"), nb::arg("q"), nb::arg("k"), nb::arg("counts"), nb::arg("blocks"),
+      nb::arg("block_m"), nb::arg("block_n"), nb::arg("config"));
+
+  m.def(
       "attention_backward",
       [](OutArray dq, OutArray dk, OutArray dv, InArray dout, InArray q, InArray k, InArray v,
          InArray out, InArray lse, InArray counts, InArray blocks, int block_m, int block_n,
-         const Config& config, uintptr_t stream) {
+         const Config& config, OptOut workspace, uintptr_t stream) {
         const TensorView dqv = to_view(dq, "dq"), dkv = to_view(dk, "dk"), dvv = to_view(dv, "dv");
         const TensorView dov = to_view(dout, "dout"), ov = to_view(out, "out");
         const TensorView lv = to_view(lse, "lse");
@@ -378,14 +394,18 @@ void bind_ops(nb::module_& m) {
                                         to_view(blocks, "plan.blocks"), block_m, block_n,
                                         qv.rank == 4 ? qv.shape[2] : 0,
                                         kv.rank == 4 ? kv.shape[2] : 0);
+        const TensorView ws = to_view(workspace, "workspace");
+        const size_t ws_bytes = ws.empty() ? 0 : static_cast<size_t>(numel(ws)) *
+                                                     dtype_size(ws.dtype);
         check(without_gil([&] {
-          return attention_backward(dqv, dkv, dvv, dov, qv, kv, vv, ov, lv, plan, config,
-                                    to_stream(stream));
+          return attention_backward(dqv, dkv, dvv, dov, qv, kv, vv, ov, lv, plan, config, ws.data,
+                                    ws_bytes, to_stream(stream));
         }));
       },
       nb::arg("dq"), nb::arg("dk"), nb::arg("dv"), nb::arg("dout"), nb::arg("q"), nb::arg("k"),
       nb::arg("v"), nb::arg("out"), nb::arg("lse"), nb::arg("counts"), nb::arg("blocks"),
-      nb::arg("block_m"), nb::arg("block_n"), nb::arg("config"), nb::arg("stream") = 0);
+      nb::arg("block_m"), nb::arg("block_n"), nb::arg("config"),
+      nb::arg("workspace").none() = nb::none(), nb::arg("stream") = 0);
 
   m.def(
       "dense_attention_forward",
