@@ -1,8 +1,13 @@
-# The attention forward kernel: the dispatch point and one translation unit per variant
-# (dtype x head dim; block_m 64 and 128 inside each), so the variants compile in parallel.
+# The attention kernels: the dispatch points and one translation unit per variant (dtype x head
+# dim; block_m 64 and 128 inside each), so the variants compile in parallel.
 set(PSA_CUDA_ATTENTION_SOURCES
   src/cuda/attention/attention_dispatch.cu
+  src/cuda/attention/backward_dispatch.cu
   src/cuda/attention_fwd_bf16_hdim64.cu
   src/cuda/attention_fwd_bf16_hdim128.cu
   src/cuda/attention_fwd_fp16_hdim64.cu
-  src/cuda/attention_fwd_fp16_hdim128.cu)
+  src/cuda/attention_fwd_fp16_hdim128.cu
+  src/cuda/attention_bwd_bf16_hdim64.cu
+  src/cuda/attention_bwd_bf16_hdim128.cu
+  src/cuda/attention_bwd_fp16_hdim64.cu
+  src/cuda/attention_bwd_fp16_hdim128.cu)

@@ -48,6 +48,24 @@ Status check_like(const TensorView& t, const char* name, const TensorView& like,
   return Status();
 }
 
+// An input read with any strides: the shape, dtype and device of `like`.
+Status check_input_like(const TensorView& t, const char* name, const TensorView& like,
+                        const char* like_name) {
+  PSA_RETURN_IF_ERROR(detail::check_tensor(t, name, like.rank));
+  PSA_RETURN_IF_ERROR(detail::check_same_device(t, name, like, like_name));
+  for (int d = 0; d < like.rank; ++d) {
+    if (t.shape[d] != like.shape[d]) {
+      return invalid_argument(std::string(name) + " must have the shape of " + like_name + " " +
+                              shape_string(like) + ", got " + shape_string(t));
+    }
+  }
+  if (t.dtype != like.dtype) {
+    return invalid_argument(std::string(name) + " must have " + like_name + "'s dtype " +
+                            dtype_name(like.dtype) + ", got " + dtype_name(t.dtype));
+  }
+  return Status();
+}
+
 Status check_scores(const TensorView& scores, const ProblemShape& s, const Config& config,
                     const TensorView& q) {
   const PlanShape p = plan_shape(s.batch, s.heads_q, s.seq_q, s.seq_k, config);
@@ -299,6 +317,14 @@ Status attention_forward(TensorView out, TensorView lse, const TensorView& q, co
 size_t attention_backward_workspace_bytes(const TensorView& dout, const TensorView& q,
                                           const TensorView& k, const PlanView& plan,
                                           const Config& config) {
+#if defined(PSA_WITH_CUDA)
+  // A size query: arguments that attention_backward would reject get 0 (it reports them).
+  const bool shaped = q.rank == 4 && k.rank == 4 && dout.rank == 4 && plan.block_m > 0 &&
+                      plan.block_n > 0;
+  if (shaped && q.device == Device::kCuda) {
+    return cuda::attention_backward_workspace_bytes(dout, q, k, plan, config);
+  }
+#endif
   (void)dout, (void)q, (void)k, (void)plan, (void)config;
   return 0;
 }
@@ -308,22 +334,31 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
                           const TensorView& out, const TensorView& lse, const PlanView& plan,
                           const Config& config, void* workspace, size_t workspace_bytes,
                           Stream stream) {
-  (void)workspace, (void)workspace_bytes, (void)stream;
   PSA_RETURN_IF_ERROR(validate_config(config));
   ProblemShape s;
   PSA_RETURN_IF_ERROR(detail::check_qkv(&s, q, k, v));
   PSA_RETURN_IF_ERROR(check_like(dq, "dq", q, "q"));
   PSA_RETURN_IF_ERROR(check_like(dk, "dk", k, "k"));
   PSA_RETURN_IF_ERROR(check_like(dv, "dv", v, "v"));
-  PSA_RETURN_IF_ERROR(check_like(dout, "dout", q, "q"));
-  PSA_RETURN_IF_ERROR(check_like(out, "out", q, "q"));
+  // dout and out are only read: any strides (an expanded gradient has zero strides).
+  PSA_RETURN_IF_ERROR(check_input_like(dout, "dout", q, "q"));
+  PSA_RETURN_IF_ERROR(check_input_like(out, "out", q, "q"));
   PSA_RETURN_IF_ERROR(detail::check_lse(lse, s, q, /*required=*/true));
   PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, q, /*check_contents=*/true));
   if (q.device == Device::kCpu) {
     return cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, plan, config);
   }
-  return unsupported(
-      "attention_backward on CUDA is not implemented yet; run the backward on the CPU backend");
+#if defined(PSA_WITH_CUDA)
+  std::string reason;
+  if (!cuda::attention_supported(q.dtype, s.head_dim, plan.block_m, plan.block_n, &reason)) {
+    return unsupported("attention_backward on CUDA: " + reason);
+  }
+  return cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, plan, config, workspace,
+                                  workspace_bytes, stream);
+#else
+  (void)workspace, (void)workspace_bytes, (void)stream;
+  return not_built("attention_backward");
+#endif
 }
 
 Status dense_attention_forward(TensorView out, TensorView lse, const TensorView& q,

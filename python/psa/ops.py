@@ -191,10 +191,15 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
                        softmax_scale: float) -> Tuple[Tensor, Tensor, Tensor]:
     dout, q, k, v, out = _plain(dout), _plain(q), _plain(k), _plain(v), _plain(out)
     dq, dk, dv = _gradient_buffers(q, k, v)
+    native = _call_config(block_m, block_n, causal, softmax_scale)
+    workspace = None
+    if q.is_cuda:
+        nbytes = _C.attention_backward_workspace_bytes(dout, q, k, counts, blocks, block_m,
+                                                       block_n, native)
+        workspace = q.new_empty((max(nbytes, 1),), dtype=torch.uint8)
     try:
         _C.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, counts, blocks, block_m,
-                              block_n, _call_config(block_m, block_n, causal, softmax_scale),
-                              _stream(q))
+                              block_n, native, workspace, _stream(q))
     except NotImplementedError as error:
         if q.is_cuda:
             raise _missing_gpu_backward(error, "PSA attention") from None

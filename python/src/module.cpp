@@ -11,6 +11,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -449,6 +450,54 @@ void bind_ops(nb::module_& m) {
       nb::arg("dtype"), nb::arg("head_dim"), nb::arg("block_m"), nb::arg("block_n"));
 }
 
+// The embedded video-DiT-like workload (include/psa/workload.h), written into caller-allocated
+// float32 arrays q (B, H, L, D), k and v (B, Hkv, L, D); returns the mean local attention mass.
+void bind_workload(nb::module_& m) {
+  m.def(
+      "generate_workload",
+      [](OutArray q, OutArray k, OutArray v, int64_t frames, int64_t height, int64_t width,
+         int64_t text_len, TextPosition text_position, uint64_t seed) {
+        const TensorView qv = to_view(q, "q"), kv = to_view(k, "k"), vv = to_view(v, "v");
+        const TensorView* outs[3] = {&qv, &kv, &vv};
+        for (const TensorView* t : outs) {
+          if (t->rank != 4 || t->dtype != DType::kFloat32 || t->device != Device::kCpu ||
+              !is_contiguous(*t)) {
+            throw_value_error("generate_workload fills contiguous float32 CPU arrays of rank 4");
+          }
+        }
+        WorkloadSpec spec;
+        spec.batch = qv.shape[0];
+        spec.heads = qv.shape[1];
+        spec.heads_kv = kv.shape[1];
+        spec.head_dim = qv.shape[3];
+        spec.frames = frames;
+        spec.height = height;
+        spec.width = width;
+        spec.text_len = text_len;
+        spec.text_position = text_position;
+        spec.seed = seed;
+        const int64_t seq = text_len + frames * height * width;
+        if (qv.shape[2] != seq || kv.shape[2] != seq || vv.shape[2] != seq ||
+            kv.shape[0] != spec.batch || vv.shape[1] != kv.shape[1] || kv.shape[3] != spec.head_dim ||
+            vv.shape[3] != spec.head_dim || vv.shape[0] != spec.batch) {
+          throw_value_error("q must be (B, H, L, D) and k, v (B, Hkv, L, D) with L = text_len + "
+                            "frames * height * width = " + std::to_string(seq) + ", got q " +
+                            shape_string(qv) + ", k " + shape_string(kv) + ", v " +
+                            shape_string(vv));
+        }
+        Workload workload;
+        check(without_gil([&] { return generate_workload(&workload, spec); }));
+        const HostTensor* sources[3] = {&workload.q, &workload.k, &workload.v};
+        for (int i = 0; i < 3; ++i) {
+          std::memcpy(outs[i]->data, sources[i]->data<float>(),
+                      static_cast<size_t>(numel(*outs[i])) * sizeof(float));
+        }
+        return workload.stats.mean_local_mass;
+      },
+      nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("frames"), nb::arg("height"),
+      nb::arg("width"), nb::arg("text_len"), nb::arg("text_position"), nb::arg("seed"));
+}
+
 }  // namespace
 }  // namespace psa::python
 
@@ -458,4 +507,5 @@ NB_MODULE(_C, m) {
   psa::python::bind_presets(m);
   psa::python::bind_rearrange(m);
   psa::python::bind_ops(m);
+  psa::python::bind_workload(m);
 }

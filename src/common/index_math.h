@@ -2,6 +2,7 @@
 // the two cannot drift: block ranges, pooled ranges and counts, causal visibility, alignment.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -16,6 +17,12 @@ PSA_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b;
 PSA_HOST_DEVICE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 PSA_HOST_DEVICE int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 PSA_HOST_DEVICE bool is_power_of_two(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
+
+// softmax_scale, where 0 selects 1/sqrt(D) (SPEC 1).
+inline double effective_scale(float softmax_scale, int64_t head_dim) {
+  return softmax_scale != 0.0f ? static_cast<double>(softmax_scale)
+                               : 1.0 / std::sqrt(static_cast<double>(head_dim));
+}
 
 // Number of real rows of block `index` of size `block` in a sequence of `length`.
 PSA_HOST_DEVICE int64_t block_rows(int64_t length, int64_t block, int64_t index) {

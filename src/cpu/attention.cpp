@@ -42,7 +42,7 @@ Problem make_problem(const TensorView& q, const TensorView& k, const PlanView& p
   pb.block_n = plan.block_n;
   pb.num_q_blocks = plan.num_q_blocks();
   pb.num_k_blocks = plan.num_k_blocks();
-  pb.scale = effective_scale(config.softmax_scale, pb.head_dim);
+  pb.scale = detail::effective_scale(config.softmax_scale, pb.head_dim);
   pb.causal = config.causal;
   pb.shift = detail::causal_shift(pb.seq_q, pb.seq_k);
   return pb;

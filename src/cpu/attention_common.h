@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/half.h"
+#include "common/index_math.h"
 #include "cpu/cpu_util.h"
 #include "psa/tensor.h"
 
@@ -41,12 +42,6 @@ inline double round_to_dtype(double value, DType dtype) {
       return detail::bf16_to_float(detail::float_to_bf16(static_cast<float>(value)));
     default: return value;
   }
-}
-
-// softmax_scale, where 0 selects 1/sqrt(D) (SPEC 1).
-inline double effective_scale(float softmax_scale, int64_t head_dim) {
-  return softmax_scale != 0.0f ? static_cast<double>(softmax_scale)
-                               : 1.0 / std::sqrt(static_cast<double>(head_dim));
 }
 
 // Four partial sums let the additions overlap (a single accumulator serialises them, since the

@@ -46,7 +46,7 @@ DenseProblem make_dense_problem(const TensorView& q, const TensorView& k, bool c
   pb.heads_kv = k.shape[1];
   pb.seq_k = k.shape[2];
   pb.group = pb.heads_q / pb.heads_kv;
-  pb.scale = effective_scale(scale, pb.head_dim);
+  pb.scale = detail::effective_scale(scale, pb.head_dim);
   pb.causal = causal;
   pb.shift = detail::causal_shift(pb.seq_q, pb.seq_k);
   return pb;

@@ -26,6 +26,15 @@ Status attention_forward(TensorView out, TensorView lse, const TensorView& q, co
                          const TensorView& v, const PyramidView& pyramid, const PlanView& plan,
                          const Config& config, Stream stream);
 
+size_t attention_backward_workspace_bytes(const TensorView& dout, const TensorView& q,
+                                          const TensorView& k, const PlanView& plan,
+                                          const Config& config);
+Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const TensorView& dout,
+                          const TensorView& q, const TensorView& k, const TensorView& v,
+                          const TensorView& out, const TensorView& lse, const PlanView& plan,
+                          const Config& config, void* workspace, size_t workspace_bytes,
+                          Stream stream);
+
 bool attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
                          std::string* reason);
 

@@ -19,13 +19,12 @@
 
 #include "common/test_util.h"
 #include "cuda/cuda_test_util.h"
+#include "cuda/plan_cases.h"
 #include "cuda/cuda_backend.h"
 #include "psa/psa.h"
 
 namespace psa::test {
 namespace {
-
-enum class PlanKind { kMixed, kAllFull, kAllSkip, kOnly8x };
 
 struct AttentionCase {
   const char* name;
@@ -78,118 +77,6 @@ const AttentionCase kCases[] = {
     {"Fp16D128Bm128Bn64AllFullSharpScale", 1, 2, 1, 300, 700, 128, DType::kFloat16, 128, 64, false,
      PlanKind::kAllFull, false, true, 0.3f},
 };
-
-// Levels of a (B, Hq, Mq, Nk) map, from a seeded uniform draw: 30% skipped, 20% level 1,
-// 15% level 2, 15% level 4, 20% level 8 for kMixed.
-HostTensor make_level_map(const AttentionCase& c, uint64_t seed) {
-  const int64_t mq = (c.seq_q + c.block_m - 1) / c.block_m;
-  const int64_t nk = (c.seq_k + c.block_n - 1) / c.block_n;
-  HostTensor u(DType::kFloat32, {c.batch, c.heads_q, mq, nk});
-  fill_uniform(u, seed, 0.0, 1.0);
-  HostTensor levels(DType::kUInt8, {c.batch, c.heads_q, mq, nk});
-  for (int64_t i = 0; i < levels.numel(); ++i) {
-    const double x = u.get(i);
-    int level = 0;
-    switch (c.plan) {
-      case PlanKind::kMixed:
-        level = x < 0.30 ? 0 : x < 0.50 ? 1 : x < 0.65 ? 2 : x < 0.80 ? 4 : 8;
-        break;
-      case PlanKind::kAllFull: level = 1; break;
-      case PlanKind::kAllSkip: level = 0; break;
-      case PlanKind::kOnly8x: level = 8; break;
-    }
-    levels.set(i, level);
-  }
-  return levels;
-}
-
-// A level map to the compact plan (counts and per-level ascending block lists). Entries past a
-// row's total are filled with an out-of-range index, so a kernel that reads them shows it.
-HostPlan plan_from_level_map(const HostTensor& levels, const AttentionCase& c) {
-  Config config;
-  config.block_m = c.block_m;
-  config.block_n = c.block_n;
-  HostPlan plan = make_host_plan(c.batch, c.heads_q, c.seq_q, c.seq_k, config);
-  const int64_t nk = levels.shape()[3];
-  const int64_t rows = levels.numel() / nk;
-  auto* counts = plan.counts.data<int32_t>();
-  auto* blocks = plan.blocks.data<int32_t>();
-  for (int64_t row = 0; row < rows; ++row) {
-    int64_t n = 0;
-    for (int l = 0; l < kNumLevels; ++l) {
-      int32_t count = 0;
-      for (int64_t j = 0; j < nk; ++j) {
-        if (levels.get(row * nk + j) == kLevelFactors[l]) {
-          blocks[row * nk + n++] = static_cast<int32_t>(j);
-          ++count;
-        }
-      }
-      counts[row * kNumLevels + l] = count;
-    }
-    for (; n < nk; ++n) blocks[row * nk + n] = std::numeric_limits<int32_t>::max();
-  }
-  return plan;
-}
-
-// (B, H, L, D) <-> (B, L, H, D) copies, for the strided cases.
-HostTensor swap_heads_and_rows(const HostTensor& t) {
-  const auto& s = t.shape();
-  HostTensor r(t.dtype(), {s[0], s[2], s[1], s[3]});
-  const size_t elem = dtype_size(t.dtype());
-  const auto* src = t.data<unsigned char>();
-  auto* dst = r.data<unsigned char>();
-  for (int64_t b = 0; b < s[0]; ++b)
-    for (int64_t h = 0; h < s[1]; ++h)
-      for (int64_t l = 0; l < s[2]; ++l) {
-        const int64_t from = ((b * s[1] + h) * s[2] + l) * s[3];
-        const int64_t to = ((b * s[2] + l) * s[1] + h) * s[3];
-        std::memcpy(dst + to * elem, src + from * elem, static_cast<size_t>(s[3]) * elem);
-      }
-  return r;
-}
-
-// A device copy of `host` (B, H, L, D), stored (B, L, H, D) when `strided`, and its
-// (B, H, L, D) view.
-struct DeviceOperand {
-  DeviceTensor storage;
-  TensorView view;
-};
-DeviceOperand upload(const HostTensor& host, bool strided) {
-  DeviceOperand d;
-  if (strided) {
-    d.storage = DeviceTensor(swap_heads_and_rows(host));
-    d.view = transpose_view(d.storage.view(), 1, 2);
-  } else {
-    d.storage = DeviceTensor(host);
-    d.view = d.storage.view();
-  }
-  return d;
-}
-DeviceOperand allocate(DType dtype, const std::vector<int64_t>& shape, bool strided) {
-  DeviceOperand d;
-  if (strided) {
-    d.storage = DeviceTensor(dtype, {shape[0], shape[2], shape[1], shape[3]});
-    d.view = transpose_view(d.storage.view(), 1, 2);
-  } else {
-    d.storage = DeviceTensor(dtype, shape);
-    d.view = d.storage.view();
-  }
-  d.storage.poison();
-  return d;
-}
-HostTensor download(const DeviceOperand& d, bool strided) {
-  HostTensor h = d.storage.download();
-  return strided ? swap_heads_and_rows(h) : h;
-}
-
-HostPyramid widen(const HostPyramid& p) {
-  HostPyramid r;
-  for (int l = 0; l < kNumPooledLevels; ++l) {
-    r.k[l] = to_host(p.k[l].view(), DType::kFloat32);
-    r.v[l] = to_host(p.v[l].view(), DType::kFloat32);
-  }
-  return r;
-}
 
 struct CpuResult {
   HostTensor out, lse;
@@ -259,11 +146,7 @@ TEST_P(CudaAttentionTest, MatchesCpuReference) {
   const DeviceOperand q = upload(qkv.q, c.strided);
   const DeviceOperand k = upload(qkv.k, c.strided);
   const DeviceOperand v = upload(qkv.v, c.strided);
-  DevicePyramid dev_pyramid;
-  for (int l = 0; l < kNumPooledLevels; ++l) {
-    dev_pyramid.k[l] = DeviceTensor(pyramid.k[l]);
-    dev_pyramid.v[l] = DeviceTensor(pyramid.v[l]);
-  }
+  const DevicePyramid dev_pyramid = upload_pyramid(pyramid);
   const DevicePlan dev_plan = upload_plan(plan);
   DeviceOperand out = allocate(c.dtype, qkv.q.shape(), c.strided);
   DeviceTensor lse(DType::kFloat32, {c.batch, c.heads_q, c.seq_q});
@@ -383,11 +266,7 @@ TEST(CudaAttention, MalformedPlanIsClampedToSkip) {
   const CpuResult cpu16 = cpu_attention(qkv.q, qkv.k, qkv.v, pyramid, plan, config, c.dtype);
 
   const DeviceTensor q(qkv.q), k(qkv.k), v(qkv.v);
-  DevicePyramid dev_pyramid;
-  for (int l = 0; l < kNumPooledLevels; ++l) {
-    dev_pyramid.k[l] = DeviceTensor(pyramid.k[l]);
-    dev_pyramid.v[l] = DeviceTensor(pyramid.v[l]);
-  }
+  const DevicePyramid dev_pyramid = upload_pyramid(pyramid);
   const DevicePlan dev_plan = upload_plan(bad);
   DeviceTensor out(c.dtype, qkv.q.shape());
   DeviceTensor lse(DType::kFloat32, {c.batch, c.heads_q, c.seq_q});

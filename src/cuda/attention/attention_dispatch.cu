@@ -8,6 +8,7 @@
 
 #include "common/index_math.h"
 #include "cuda/attention/attention_launch.h"
+#include "cuda/attention/row_checks.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_utils.cuh"
 
@@ -16,11 +17,9 @@ namespace psa::cuda {
 namespace {
 
 constexpr double kLog2e = 1.4426950408889634;
-// cp.async moves 16-byte chunks: 8 elements of 16 bits.
-constexpr int64_t kChunkElems = 8;
 
-// Unit stride on D and every other stride a multiple of 8 elements from a 16-byte aligned base,
-// so that each row is a run of whole 16-byte chunks.
+}  // namespace
+
 Status check_rows_aligned(const TensorView& t, const std::string& name) {
   if (t.stride[t.rank - 1] != 1 && t.shape[t.rank - 1] > 1) {
     return unsupported(name + " must have unit stride on the head dimension on CUDA, got stride " +
@@ -30,7 +29,7 @@ Status check_rows_aligned(const TensorView& t, const std::string& name) {
     return unsupported(name + " must be 16-byte aligned on CUDA");
   }
   for (int d = 0; d < t.rank - 1; ++d) {
-    if (t.stride[d] % kChunkElems != 0 && t.shape[d] > 1) {
+    if (t.stride[d] % kChunkElements != 0 && t.shape[d] > 1) {
       return unsupported(name + " strides must be multiples of 8 elements on CUDA (16-byte rows), "
                          "got stride " + std::to_string(t.stride[d]) + " on dim " +
                          std::to_string(d));
@@ -44,8 +43,6 @@ int log2_int(int x) {
   while ((1 << l) < x) ++l;
   return l;
 }
-
-}  // namespace
 
 bool attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
                          std::string* reason) {
@@ -119,9 +116,7 @@ Status attention_forward(TensorView out, TensorView lse, const TensorView& q, co
   p.num_k_blocks = static_cast<int>(detail::ceil_div(p.seq_k, plan.block_n));
   p.block_n = plan.block_n;
   p.log2_block_n = log2_int(plan.block_n);
-  const double scale = config.softmax_scale != 0.0f
-                           ? static_cast<double>(config.softmax_scale)
-                           : 1.0 / std::sqrt(static_cast<double>(head_dim));
+  const double scale = detail::effective_scale(config.softmax_scale, head_dim);
   p.scale_log2 = static_cast<float>(scale * kLog2e);
   p.causal = config.causal;
   if (p.heads_q > 65535 || p.batch > 65535) {

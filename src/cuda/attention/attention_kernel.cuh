@@ -85,29 +85,6 @@ struct AttentionTraits {
   static_assert(kSmemBytes <= 227 * 1024, "fits the 227 KiB of shared memory of an sm_90 CTA");
 };
 
-// The clamped layout of plan row `plan_row`: region starts R_1, R_2, R_4, R_8 and end of the
-// virtual key sequence, and where each level's blocks start in the row's list. Untrusted counts
-// are clamped cumulatively to the Nk entries of the list (a negative count is 0).
-__device__ __forceinline__ void row_layout(const AttentionParams& params, int64_t plan_row,
-                                           int32_t (&region_start)[kAttentionLevels + 1],
-                                           int32_t (&list_offset)[kAttentionLevels]) {
-  int used = 0, region = 0;
-#pragma unroll
-  for (int l = 0; l < kAttentionLevels; ++l) {
-    int c = __ldg(params.counts + plan_row * kAttentionLevels + l);
-    c = max(0, min(c, params.num_k_blocks - used));
-    list_offset[l] = used;
-    region_start[l] = region;
-    used += c;
-    region += c * (params.block_n >> l);
-  }
-  region_start[kAttentionLevels] = region;
-}
-
-// Per-tile flags the producer publishes with each stage (one word per producer warp, ORed).
-constexpr int kTileNeedsMask = 1;  // a key of the tile is past the causal horizon of some query
-constexpr int kTileNeedsBias = 2;  // columns differ in bias, or a row does not exist
-
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     attention_forward_kernel(const AttentionParams params) {

@@ -1,0 +1,6 @@
+// Attention backward instantiation: fp16, head dim 64, block_m 64 and 128.
+#include "cuda/attention/backward_launch.cuh"
+
+namespace psa::cuda {
+template Status launch_attention_backward<__half, 64>(const BackwardParams&, int, cudaStream_t);
+}  // namespace psa::cuda
