@@ -174,15 +174,20 @@ __device__ __forceinline__ void named_barrier_sync(int id, int count) {
 __device__ __forceinline__ void red_add_f32x2(float* addr, float a, float b) {
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(addr), "f"(a), "f"(b) : "memory");
 }
-// A load that later accesses of this thread cannot be reordered before (acquire, GPU scope).
-__device__ __forceinline__ int load_acquire_gpu(const int32_t* addr) {
+// A load of a counter other CTAs advance (relaxed, GPU scope: never a stale cached value).
+__device__ __forceinline__ int load_relaxed_gpu(const int32_t* addr) {
   int value;
-  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(value) : "l"(addr) : "memory");
+  asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];\n" : "=r"(value) : "l"(addr) : "memory");
   return value;
 }
-// *addr += value after this thread's earlier accesses (release, GPU scope).
-__device__ __forceinline__ void red_add_release_gpu(int32_t* addr, int value) {
-  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(addr), "r"(value) : "memory");
+// *addr += value (relaxed, GPU scope); ordered after earlier writes by a preceding fence.
+__device__ __forceinline__ void red_add_relaxed_gpu(int32_t* addr, int value) {
+  asm volatile("red.relaxed.gpu.global.add.s32 [%0], %1;\n" ::"l"(addr), "r"(value) : "memory");
+}
+// Orders this thread's earlier memory accesses before its later ones at GPU scope (release and
+// acquire; cheaper than the sequentially consistent fence of __threadfence()).
+__device__ __forceinline__ void fence_acq_rel_gpu() {
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
 }
 
 template <typename Element, int kN>

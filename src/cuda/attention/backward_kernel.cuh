@@ -17,10 +17,12 @@
 // decides the fp32 rounding. With params.order set, the additions to one unit (batch, kv head,
 // level, key block) happen in row order: a counter per unit and product counts the tiles already
 // added; a tile waits until every earlier row of the kv group that attends the unit at that level
-// has added all of its tiles (order = rank of the row among them), adds, then advances the
-// counter. Rows are handed out in row order by an atomic counter, so a waited-on row always
-// belongs to a CTA that has started: the smallest unfinished row never waits, and there is no
-// deadlock whatever the number of CTAs resident.
+// has added all of its tiles (order = rank of the row among them), adds, and advances the counter
+// one tile later (after a fence that by then costs nothing). Rows are handed out in order by an
+// atomic counter (within a kv group, row order; several kv groups side by side), so a waited-on
+// row always belongs to a CTA that has started and that releases its pieces before it waits
+// itself: the earliest unfinished row never waits, and there is no deadlock whatever the number
+// of CTAs resident.
 //
 // Layout (CTA = kNumConsumers consumer warpgroups of 64 query rows + one producer warpgroup):
 //   - the producer fetches rows, loads Q and dO of the row (single-buffered) and gathers K/V tiles
@@ -127,25 +129,67 @@ constexpr int kWarpgroupBarrier = 3;  // + consumer warpgroup index: one warpgro
 // invariant; trapping reports it as a launch failure instead of hanging the device.
 constexpr int kMaxPolls = 1 << 24;
 
+// The ordered accumulation of one product (dK or dV) in one consumer warpgroup, for the thread
+// that owns slot wg_tid < kSlots of each tile: the unit whose piece starts at that slot, the count
+// its counter must reach first, the counter as read early in the tile, and the counter of the
+// previous tile's piece, released one tile later so that its reductions have been performed by
+// then (the fence is cheap) without holding anyone up for longer than a tile.
+struct OrderedSlot {
+  int unit = -1;
+  int target = 0;
+  int observed = 0;
+  int pending = -1;
+};
+
+// The hand-out order of deterministic mode (BackwardParams::interleave): index k -> plan row.
+__device__ __forceinline__ int dispatch_row(const BackwardParams& p, int k) {
+  const int group = p.heads_q / p.heads_kv;
+  const int group_in_block = k % p.interleave;
+  int rest = k / p.interleave;
+  const int q_block = rest % p.num_q_blocks;
+  rest /= p.num_q_blocks;
+  const int head_in_group = rest % group;
+  rest /= group;
+  const int group_blocks = p.heads_kv / p.interleave;
+  const int group_block = rest % group_blocks;
+  const int batch = rest / group_blocks;
+  const int head = (group_block * p.interleave + group_in_block) * group + head_in_group;
+  return (batch * p.heads_q + head) * p.num_q_blocks + q_block;
+}
+
+// Releases the previous tile's piece: every thread of the warpgroup fences its reductions, then
+// the slot owner advances the counter.
+__device__ __forceinline__ void release_pending(OrderedSlot& slot, int32_t* counters,
+                                                int barrier_id) {
+  using namespace detail_attention;
+  fence_acq_rel_gpu();
+  named_barrier_sync(barrier_id, 128);
+  if (slot.pending >= 0) red_add_relaxed_gpu(counters + slot.pending, 1);
+  slot.pending = -1;
+}
+
 // Adds this thread's part of a (64 keys x D) product to the accumulators: key rows `row` and
-// row + 8 of its warp's 16, columns cb * 64 + 8j + 2t and + 1. With `ordered`, first waits until
-// the units of the tile have received every earlier row's share, and afterwards advances their
-// counters (threads wg_tid < kSlots own one slot each).
+// row + 8 of its warp's 16, columns cb * 64 + 8j + 2t and + 1. With `ordered`, first releases the
+// previous tile's pieces and waits until the units of this tile have received every earlier
+// row's share.
 template <typename Traits>
 __device__ __forceinline__ void add_tile_product(
     const float (&acc)[Traits::kColumnBlocks][32], float* region, int32_t* counters,
-    const int64_t (&row_offset)[2], int slot_unit, int slot_target, bool ordered, int t4,
-    int barrier_id) {
+    const int64_t (&row_offset)[2], OrderedSlot& slot, bool ordered, int t4, int barrier_id) {
   using namespace detail_attention;
   if (ordered) {
-    if (slot_unit >= 0) {
+    release_pending(slot, counters, barrier_id);
+    if (slot.unit >= 0) {
       int polls = 0;
-      while (load_acquire_gpu(counters + slot_unit) < slot_target) {
+      for (int seen = slot.observed; seen < slot.target;
+           seen = load_relaxed_gpu(counters + slot.unit)) {
         if (++polls > kMaxPolls) __trap();
-        __nanosleep(64);
+        __nanosleep(32);
       }
+      fence_acq_rel_gpu();  // acquire: the earlier rows' reductions are ordered before ours
     }
     named_barrier_sync(barrier_id, 128);
+    slot.pending = slot.unit;
   }
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -159,13 +203,6 @@ __device__ __forceinline__ void add_tile_product(
                       acc[cb][4 * j + 2 * half + 1]);
       }
     }
-  }
-  if (ordered) {
-    // Every thread's reductions are performed before any counter moves (the fence orders this
-    // thread's reductions before the barrier; the release orders the barrier before the count).
-    __threadfence();
-    named_barrier_sync(barrier_id, 128);
-    if (slot_unit >= 0) red_add_release_gpu(counters + slot_unit, 1);
   }
 }
 
@@ -240,15 +277,16 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       // producer warp has passed the barrier of the row in between.
       if (producer_tid == 0) next_row[row_count & 1] = atomicAdd(params.row_counter, 1);
       named_barrier_sync(kProducerBarrier, 32 * Traits::kNumProducerWarps);
-      const int row_index = next_row[row_count & 1];
+      const int handed_out = next_row[row_count & 1];
       // Q and dO are single-buffered: wait until the consumers are done with the previous row.
       if (row_count > 0) mbarrier_wait(smem_addr(q_empty_bar), (row_count - 1) & 1);
-      if (row_index >= num_rows) {
+      if (handed_out >= num_rows) {
         if (producer_tid == 0) *consumer_row = -1;
         mbarrier_arrive(smem_addr(q_full_bar));
         mbarrier_arrive_on_copies(smem_addr(q_full_bar));
         break;
       }
+      const int row_index = ordered ? dispatch_row(params, handed_out) : handed_out;
       const int q_block = row_index % params.num_q_blocks;
       const int head = (row_index / params.num_q_blocks) % params.heads_q;
       const int batch = row_index / (params.num_q_blocks * params.heads_q);
@@ -409,6 +447,13 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   float acc_s[kSRegs];
   float acc_dp[kSRegs];
 
+  // This warpgroup's product: dV = P^T dO for warpgroup 0, dK = dS^T Q for warpgroup 1; a single
+  // consumer warpgroup does dV, then dK as its second product (slot_dk).
+  const bool dk_product = warpgroup == 1;
+  int32_t* const counters = dk_product ? params.sem_k : params.sem_v;
+  float* const region = dk_product ? params.dk_acc : params.dv_acc;
+  OrderedSlot slot, slot_dk;
+
   int tile_count = 0;
   for (int q_count = 0;; ++q_count) {
     mbarrier_wait(smem_addr(q_full_bar), q_count & 1);
@@ -451,6 +496,18 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       const bool apply_mask = ((flags.x | flags.y | flags.z | flags.w) & kTileNeedsMask) != 0;
       const uint64_t k_desc = make_smem_desc(smem_addr(k_smem + stage * Traits::kKvBytes));
       const uint64_t v_desc = make_smem_desc(smem_addr(v_smem + stage * Traits::kKvBytes));
+      if (ordered && wg_tid < Traits::kSlots) {
+        // The units of this tile, and their counters read now so that the load's latency hides
+        // behind the tile's products.
+        slot.unit = m.slot_unit[wg_tid];
+        slot.target = m.slot_target[wg_tid];
+        if (slot.unit >= 0) slot.observed = load_relaxed_gpu(counters + slot.unit);
+        if constexpr (Traits::kNumConsumers == 1) {
+          slot_dk.unit = slot.unit;
+          slot_dk.target = slot.target;
+          if (slot.unit >= 0) slot_dk.observed = load_relaxed_gpu(params.sem_k + slot.unit);
+        }
+      }
 
       // S = Q K^T and dP = dO V^T over D in k16 steps (K and V tiles are both (keys, D)).
       wgmma_fence();
@@ -526,21 +583,15 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       fence_proxy_async();
       named_barrier_sync(kConsumerBarrier, Traits::kNumConsumerThreads);
 
-      // This thread's accumulator rows and unit slot, read before the stage is released.
+      // This thread's accumulator rows, read before the stage is released.
       int64_t row_offset[2];
       row_offset[0] = m.acc_row[key_row];
       row_offset[1] = m.acc_row[key_row + 8];
-      int slot_unit = -1, slot_target = 0;
-      if (ordered && wg_tid < Traits::kSlots) {
-        slot_unit = m.slot_unit[wg_tid];
-        slot_target = m.slot_target[wg_tid];
-      }
 
       // dQ += dS K (K read as (keys, D): MN-major B, like V in the forward's P V), and the
       // transposed product of this warpgroup over all kBlockM queries: A = P^T or dS^T (the
       // (queries, keys) tile read MN-major), B = dO or Q (read MN-major); k16 steps move 16
       // query rows (2048 bytes), a column block of D moves kBlockM * 128 bytes.
-      const bool dk_product = warpgroup == 1;
       // dS of this warpgroup's 64 rows as the K-major A of dQ += dS K (k16 steps of keys move 32
       // bytes inside the 128-byte row).
       const uint64_t ds_rows_desc = make_smem_desc(
@@ -582,9 +633,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       // This thread's reads of the stage (K, V, metadata) are complete: hand it back.
       mbarrier_arrive(smem_addr(&empty_bar[stage]));
 
-      add_tile_product<Traits>(acc_t, dk_product ? params.dk_acc : params.dv_acc,
-                               dk_product ? params.sem_k : params.sem_v, row_offset, slot_unit,
-                               slot_target, ordered, t4, kWarpgroupBarrier + warpgroup);
+      add_tile_product<Traits>(acc_t, region, counters, row_offset, slot, ordered, t4,
+                               kWarpgroupBarrier + warpgroup);
       if constexpr (Traits::kNumConsumers == 1) {
         // One warpgroup: dV above, dK = dS^T Q now.
         const uint64_t ds_desc = make_smem_desc(smem_addr(ds_smem + buffer * Traits::kPBytes));
@@ -607,8 +657,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         wgmma_wait<0>();
 #pragma unroll
         for (int cb = 0; cb < kColumnBlocks; ++cb) fence_registers(acc_t[cb]);
-        add_tile_product<Traits>(acc_t, params.dk_acc, params.sem_k, row_offset, slot_unit,
-                                 slot_target, ordered, t4, kWarpgroupBarrier + warpgroup);
+        add_tile_product<Traits>(acc_t, params.dk_acc, params.sem_k, row_offset, slot_dk, ordered,
+                                 t4, kWarpgroupBarrier + warpgroup);
       }
     }
 
@@ -632,6 +682,12 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                                  acc_dq[cb][j * 4 + 2 * half + 1] * params.scale);
         }
       }
+    }
+  }
+  if (ordered) {
+    release_pending(slot, counters, kWarpgroupBarrier + warpgroup);
+    if constexpr (Traits::kNumConsumers == 1) {
+      release_pending(slot_dk, params.sem_k, kWarpgroupBarrier + warpgroup);
     }
   }
 }

@@ -56,9 +56,14 @@ struct BackwardParams {
   int32_t* sem_k = nullptr;
   int32_t* sem_v = nullptr;
 
-  // Rows (b, h, I) are handed out in row order by this zeroed counter, so that a row is only
-  // waited on by rows after it that started later (the ordered accumulation cannot deadlock).
+  // Rows are handed out in order by this zeroed counter, so that a row is only waited on by rows
+  // that were handed out after it (the ordered accumulation cannot deadlock). With order set,
+  // `interleave` kv groups are handed out side by side (hand-out index k -> (batch, group block,
+  // query head in group, query block, group in block)), so that the rows in flight together
+  // split over several groups and fewer of them wait on one another; within a kv group the
+  // hand-out order is still row order, the order of the ranks. Without order, k is the row.
   int32_t* row_counter = nullptr;
+  int interleave = 1;
 
   int batch = 0, heads_q = 0, heads_kv = 0;
   int seq_q = 0, seq_k = 0;
