@@ -571,5 +571,100 @@ TEST(Attention, ExplicitSoftmaxScaleMatchesDense) {
   EXPECT_GT(max_abs_diff(default_scale.lse, sparse.lse), 1e-3) << replay_hint(seed);
 }
 
+// (6) A non-finite element of q makes its row's O and LSE NaN (never the zero row of an empty row),
+// as dense attention does, and its gradient non-finite: dq of the row and dk, dv of the keys it
+// reaches. Other rows and keys are bitwise those of the clean inputs. Three ways a row meets a
+// non-finite logit: q NaN (every logit NaN); q +inf against keys of both signs in that dimension
+// (logits +inf and -inf); q +inf against keys all negative in that dimension (every logit -inf,
+// which must not pass for "no visible key").
+TEST(Attention, NonFiniteQueryGivesNonFiniteRows) {
+  const uint64_t seed = test_seed(210);
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  struct Poisoned {
+    int64_t head, row, dim;
+    double value;
+  };
+  const Poisoned poisoned[] = {{0, 5, 3, std::nan("")}, {1, 20, 3, kInf}, {1, 33, 0, kInf}};
+  for (bool causal : {false, true})
+    for (bool all_full : {true, false}) {
+      Case c;
+      c.heads_q = 2;
+      c.heads_kv = 1;
+      c.seq_q = 40;
+      c.seq_k = 50;
+      c.causal = causal;
+      SCOPED_TRACE(c.name() + (all_full ? " all level 1" : " mixed levels"));
+      const Config config = make_config(c);
+      Qkv clean = random_qkv(c.batch, c.heads_q, c.heads_kv, c.seq_q, c.seq_k, c.head_dim,
+                             DType::kFloat32, seed);
+      for (int64_t j = 0; j < c.seq_k; ++j) {  // dimension 0 of every key negative
+        clean.k.set(j * c.head_dim, -std::fabs(clean.k.get(j * c.head_dim)) - 0.1);
+      }
+      Qkv x = clean;
+      for (const Poisoned& p : poisoned) {
+        x.q.set((p.head * c.seq_q + p.row) * c.head_dim + p.dim, p.value);
+      }
+      const HostPlan plan = plan_from_map(
+          all_full ? uniform_map(c, 1) : random_map(c, {1, 2, 4, 8}, seed + 1), c);
+      const HostTensor dout = random_like(x.q, seed + 7);
+      const Forward want = psa_forward(clean, plan, config, DType::kFloat32);
+      const Grads want_grads = psa_backward(clean, want, dout, plan, config);
+      const Forward got = psa_forward(x, plan, config, DType::kFloat32);
+      const Grads grads = psa_backward(x, got, dout, plan, config);
+      const Forward dense = dense_forward(x, causal);
+
+      auto is_poisoned = [&](int64_t h, int64_t i) {
+        for (const Poisoned& p : poisoned) {
+          if (p.head == h && p.row == i) return true;
+        }
+        return false;
+      };
+      for (int64_t h = 0; h < c.heads_q; ++h)
+        for (int64_t i = 0; i < c.seq_q; ++i) {
+          const int64_t row = h * c.seq_q + i;
+          const bool bad = is_poisoned(h, i);
+          if (bad) {
+            EXPECT_TRUE(std::isnan(got.lse.get(row)))
+                << "h=" << h << " i=" << i << " lse " << got.lse.get(row) << "\n"
+                << replay_hint(seed);
+            EXPECT_TRUE(std::isnan(dense.lse.get(row))) << "dense h=" << h << " i=" << i;
+          } else {
+            EXPECT_EQ(got.lse.get(row), want.lse.get(row)) << "h=" << h << " i=" << i;
+          }
+          for (int64_t d = 0; d < c.head_dim; ++d) {
+            const int64_t e = row * c.head_dim + d;
+            if (bad) {
+              ASSERT_TRUE(std::isnan(got.out.get(e)))
+                  << "h=" << h << " i=" << i << " out " << got.out.get(e) << "\n"
+                  << replay_hint(seed);
+              ASSERT_TRUE(std::isnan(dense.out.get(e))) << "dense h=" << h << " i=" << i;
+              ASSERT_TRUE(std::isnan(grads.dq.get(e))) << "dq h=" << h << " i=" << i;
+            } else {
+              ASSERT_EQ(got.out.get(e), want.out.get(e)) << "h=" << h << " i=" << i;
+              ASSERT_EQ(grads.dq.get(e), want_grads.dq.get(e)) << "dq h=" << h << " i=" << i;
+            }
+          }
+        }
+      // Keys past the last poisoned row's horizon (causal) are reached by clean rows only; with
+      // every block at level 1, the keys row 5 sees are reached by a NaN row.
+      const int64_t shift = c.seq_k - c.seq_q;
+      for (int64_t j = 0; j < c.seq_k; ++j) {
+        const bool unreached = causal && j > 33 + shift;
+        const bool reached = all_full && (!causal || j <= 5 + shift);
+        for (int64_t d = 0; d < c.head_dim; ++d) {
+          const int64_t e = j * c.head_dim + d;
+          if (unreached) {
+            ASSERT_EQ(grads.dk.get(e), want_grads.dk.get(e)) << "dk key " << j;
+            ASSERT_EQ(grads.dv.get(e), want_grads.dv.get(e)) << "dv key " << j;
+          }
+          if (reached) {
+            ASSERT_TRUE(std::isnan(grads.dk.get(e))) << "dk key " << j << " " << grads.dk.get(e);
+            ASSERT_TRUE(std::isnan(grads.dv.get(e))) << "dv key " << j << " " << grads.dv.get(e);
+          }
+        }
+      }
+    }
+}
+
 }  // namespace
 }  // namespace psa::test
