@@ -1,6 +1,7 @@
 // The CPU attention reference (SPEC 6, 7): all-level-1 plans equal dense attention (forward and
 // backward), pooled levels are exact, empty rows give O = 0 and LSE = -inf, 16-bit inputs agree
-// with fp32 on the same values, and strided tensors give the same result as contiguous ones.
+// with fp32 on the same values, strided tensors give the same result as contiguous ones, a
+// non-finite q gives NaN rows, and text rows of a planned problem equal dense attention.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -664,6 +665,67 @@ TEST(Attention, NonFiniteQueryGivesNonFiniteRows) {
         }
       }
     }
+}
+
+// (7) Text rows attend at full resolution (SPEC 5): through the whole pipeline (estimator, planner,
+// attention), the rows of text tokens equal dense attention while the other rows are sparse. The
+// first case is the transformers integration's: causal, keep_first_block, the question at the
+// end, where forcing only the text columns changed nothing.
+TEST(Attention, TextRowsEqualDenseThroughThePipeline) {
+  const uint64_t seed = test_seed(211);
+  struct TextCase {
+    bool causal;
+    int64_t text_len;
+    TextPosition position;
+  };
+  for (const TextCase& t : {TextCase{true, 32, TextPosition::kEnd},
+                            TextCase{false, 100, TextPosition::kStart}}) {
+    Case c;
+    c.heads_q = 2;
+    c.heads_kv = 2;
+    c.seq_q = 700;
+    c.seq_k = 700;
+    c.head_dim = 32;
+    c.block_m = 128;
+    c.block_n = 64;
+    c.causal = t.causal;
+    SCOPED_TRACE(c.name() + " text_len=" + std::to_string(t.text_len));
+    Config config = make_config(c);
+    config.keep_first_block = t.causal;
+    config.text_len = t.text_len;
+    config.text_position = t.position;
+    const Qkv x = random_qkv(c.batch, c.heads_q, c.heads_kv, c.seq_q, c.seq_k, c.head_dim,
+                             DType::kFloat32, seed);
+    HostTensor scores(DType::kFloat32, {c.batch, c.heads_q, c.num_q_blocks(), c.num_k_blocks()});
+    ASSERT_TRUE(estimate_importance(scores.view(), x.q.view(), x.k.view(), config).ok());
+    HostPlan plan = make_host_plan(c.batch, c.heads_q, c.seq_q, c.seq_k, config);
+    ASSERT_TRUE(plan_from_scores(plan.view(), scores.view(), TensorView(), config).ok());
+    const Forward sparse = psa_forward(x, plan, config, DType::kFloat32);
+    const Forward dense = dense_forward(x, t.causal);
+
+    const int64_t text_first = t.position == TextPosition::kEnd ? c.seq_q - t.text_len : 0;
+    HostTensor text_sparse(DType::kFloat32, {c.heads_q, t.text_len, c.head_dim});
+    HostTensor text_dense(DType::kFloat32, text_sparse.shape());
+    double other_diff = 0.0;
+    for (int64_t h = 0; h < c.heads_q; ++h)
+      for (int64_t i = 0; i < c.seq_q; ++i) {
+        const bool text = i >= text_first && i < text_first + t.text_len;
+        for (int64_t d = 0; d < c.head_dim; ++d) {
+          const int64_t e = (h * c.seq_q + i) * c.head_dim + d;
+          if (text) {
+            const int64_t te = (h * t.text_len + i - text_first) * c.head_dim + d;
+            text_sparse.set(te, sparse.out.get(e));
+            text_dense.set(te, dense.out.get(e));
+          } else {
+            other_diff = std::max(other_diff, std::fabs(sparse.out.get(e) - dense.out.get(e)));
+          }
+        }
+      }
+    // Same math in double, different summation order, each rounded once to fp32.
+    expect_close(text_sparse, text_dense, 1e-5, 1e-7, "text rows", seed);
+    // The plan is sparse elsewhere (else the check above proves nothing about text).
+    EXPECT_GT(other_diff, 1e-3) << replay_hint(seed);
+  }
 }
 
 }  // namespace

@@ -368,6 +368,16 @@ INSTANTIATE_TEST_SUITE_P(
                     TextPosition::kEnd, false, true},
         PlannerCase{"threshold_sim_causal_n32", PlanMode::kThresholdBound, 32, 1000, 1000, true, 0,
                     TextPosition::kEnd, false, true},
+        // Text rows (every visible block at level 1) and text columns, causal and not, text
+        // first and last, Lq < Lk.
+        PlannerCase{"topk_causal_text_end", PlanMode::kTopK, 64, 2000, 2000, true, 200,
+                    TextPosition::kEnd, true},
+        PlannerCase{"threshold_causal_text_start", PlanMode::kThresholdBound, 32, 1500, 1500,
+                    true, 300, TextPosition::kStart},
+        PlannerCase{"topk_text_start_lq_lt_lk", PlanMode::kTopK, 64, 900, 2000, false, 150,
+                    TextPosition::kStart},
+        PlannerCase{"threshold_causal_text_end_lq_lt_lk", PlanMode::kThresholdBound, 128, 700,
+                    1600, true, 100, TextPosition::kEnd, true},
         // Nk = 3000 (not a power of two, > 2048): the sort pads to 4096.
         PlannerCase{"threshold_wide_row", PlanMode::kThresholdBound, 32, 256, 96000},
         PlannerCase{"topk_tiny_row", PlanMode::kTopK, 128, 300, 100}),

@@ -159,8 +159,26 @@ def test_text_blocks_are_full(request):
     q, k, _ = random_qkv(seed, 1, 2, 2, 256, 256, 32)
     config = psa.Config(block_m=64, block_n=32, text_len=40, text_position="start")
     levels = psa.plan(q, k, config).levels
-    # Text tokens [0, 40) lie in key blocks 0 and 1.
+    # Text tokens [0, 40) lie in key blocks 0 and 1 and in query block 0, which sees every block at
+    # level 1.
     assert bool((levels[..., :2] == 1).all()), replay_hint(seed, request)
+    assert bool((levels[:, :, 0] == 1).all()), replay_hint(seed, request)
+    assert not bool((levels[:, :, 1:] == 1).all()), replay_hint(seed, request)
+
+
+def test_text_rows_equal_dense_with_the_question_at_the_end(request):
+    """The transformers integration's case: causal, keep_first_block, the last 32 tokens (the
+    question) at full resolution. A text column is visible only to the text rows, so the rows must
+    be forced too (SPEC 5): they equal dense attention."""
+    seed = seed_from_env(8100)
+    q, k, v = random_qkv(seed, 1, 2, 2, 700, 700, 64)
+    base = psa.default_config().replace(causal=True, keep_first_block=True, text_position="end")
+    out = psa.attention(q, k, v, config=base.replace(text_len=32))
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert rel_l2(out[..., -32:, :], sdpa[..., -32:, :]) < FP32_TOL, replay_hint(seed, request)
+    # Without text the same rows are sparse: the check above is not vacuous.
+    without = psa.attention(q, k, v, config=base)
+    assert rel_l2(without[..., -32:, :], sdpa[..., -32:, :]) > 1e-2, replay_hint(seed, request)
 
 
 def _poison(q, k):
