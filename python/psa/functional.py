@@ -242,8 +242,8 @@ def attention(q, k, v, *, config: Optional[Config] = None,
     config's softmax_scale (0 = 1/sqrt(D)). Returns out (B, Hq, Lq, D) in q's dtype, and with
     return_lse the log-sum-exp (B, Hq, Lq) float32 as well (not differentiable).
 
-    For torch.compile pass a Config built outside the compiled region (a preset string is parsed
-    on every call).
+    A preset selector resolves to a Preset cached at import, so it also works inside
+    torch.compile(fullgraph=True).
     """
     is_torch = _check_qkv(q, k, v)
     if plan is not None:
