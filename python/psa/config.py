@@ -21,13 +21,15 @@ TEXT_POSITIONS = ("start", "end")
 REARRANGE_METHODS = ("none", "gilbert", "tiles")
 
 
-def _as_int(name: str, value) -> int:
+def _as_int(name: str, value, low: int = -2**31, high: int = 2**31) -> int:
+    """value as an int in [low, high): by default the range of the C++ field, an int32."""
     # bool is an int subclass; a bool where a count is expected is almost certainly a mistake.
-    if isinstance(value, bool) or not isinstance(value, int):
-        if hasattr(value, "__index__") and not isinstance(value, bool):
-            return int(value.__index__())
+    if isinstance(value, bool) or not (isinstance(value, int) or hasattr(value, "__index__")):
         raise ValueError(f"config.{name} must be an int, got {type(value).__name__} {value!r}")
-    return int(value)
+    result = int(value.__index__())
+    if not low <= result < high:
+        raise ValueError(f"config.{name} must be in [{low}, {high}), got {result}")
+    return result
 
 
 def _as_float(name: str, value) -> float:
@@ -105,8 +107,8 @@ class Config:
             "min_full_ratio": _as_float("min_full_ratio", self.min_full_ratio),
             "samples_m": _as_int("samples_m", self.samples_m),
             "samples_n": _as_int("samples_n", self.samples_n),
-            "seed": _as_int("seed", self.seed),
-            "text_len": _as_int("text_len", self.text_len),
+            "seed": _as_int("seed", self.seed, 0, 2**64),
+            "text_len": _as_int("text_len", self.text_len, -2**63, 2**63),
             "text_position": _as_choice("text_position", self.text_position, TEXT_POSITIONS),
             "sim_cap": _as_bool("sim_cap", self.sim_cap),
             "sim_thresholds": _as_floats("sim_thresholds", self.sim_thresholds, 3),
@@ -115,8 +117,6 @@ class Config:
             "softmax_scale": _as_float("softmax_scale", self.softmax_scale),
             "deterministic": _as_bool("deterministic", self.deterministic),
         }
-        if not 0 <= normalised["seed"] < 2**64:
-            raise ValueError(f"config.seed must be in [0, 2**64), got {self.seed}")
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
         # The C++ check is the one every backend uses; its messages name the field.

@@ -1,9 +1,10 @@
-"""What a new user hit in the Python API: preset selectors under torch.compile and preset files
-that cannot be read."""
+"""What a new user hit in the Python API: preset selectors under torch.compile, preset files that
+cannot be read, and arguments of the wrong type."""
 
 import os
 import random
 
+import numpy as np
 import pytest
 
 from helpers import psa, random_qkv, seed_from_env, torch
@@ -91,3 +92,48 @@ def test_preset_paths_may_be_bytes_or_path_objects(tmp_path):
         psa.list_presets(os.fsencode(tmp_path / "missing.yaml"))
     with pytest.raises(ValueError, match="path must be"):
         psa.list_presets(7)
+
+
+# ---- Argument types ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["no", 1, None, "False"])
+def test_causal_must_be_a_bool(value):
+    q, k, v = random_qkv(2, 1, 1, 1, 64, 64, 32)
+    with pytest.raises(ValueError, match=r"causal must be a bool"):
+        psa.attention(q, k, v, causal=value)
+    with pytest.raises(ValueError, match=r"causal must be a bool"):
+        psa.plan(q, k, causal=value)
+    with pytest.raises(ValueError, match=r"causal must be a bool"):
+        psa.dense_attention(q, k, v, causal=value)
+    with pytest.raises(ValueError, match=r"return_lse must be a bool"):
+        psa.attention(q, k, v, return_lse=value)
+
+
+def test_numpy_and_torch_bools_are_bools():
+    q, k, v = random_qkv(3, 1, 1, 1, 64, 64, 32)
+    want = psa.attention(q, k, v, causal=True)
+    assert torch.equal(psa.attention(q, k, v, causal=np.True_), want)
+    assert torch.equal(psa.attention(q, k, v, causal=torch.tensor(True).item()), want)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("samples_n", 10**12), ("samples_m", -2**40), ("block_m", 2**40), ("tile_n", 2**31),
+    ("text_len", 2**63), ("seed", 2**64),
+])
+def test_out_of_range_ints_name_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"config\.{field}"):
+        psa.Config(**{field: value})
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int32, torch.complex64],
+                         ids=["bool", "int32", "complex64"])
+def test_non_floating_q_names_the_floating_dtypes(dtype):
+    q, k, v = random_qkv(4, 1, 1, 1, 64, 64, 32)
+    for args in ((q.to(dtype), k, v), (q.to(dtype).numpy(), k.numpy(), v.numpy())):
+        with pytest.raises(ValueError, match=r"q must be a floating-point") as error:
+            psa.attention(*args)
+        # The floating dtypes psa computes in, not the integer ones of plans and level maps.
+        assert "int64" not in str(error.value) and "uint8" not in str(error.value)
+    with pytest.raises(ValueError, match=r"k must be a floating-point"):
+        psa.plan(q, k.to(dtype))
