@@ -51,11 +51,11 @@ Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorVie
                         const Config& config, void* workspace = nullptr,
                         size_t workspace_bytes = 0, Stream stream = nullptr);
 
-// A caller's level map (B, Hq, Mq, Nk) uint8 with values in {0, 1, 2, 4, 8} (validated) to a plan;
-// the similarity cap is applied when config.sim_cap is set (k needed then).
+// A caller's level map (B, Hq, Mq, Nk) uint8 with values in {0, 1, 2, 4, 8} (validated; any
+// strides) to a plan; the similarity cap is applied when config.sim_cap is set (k needed then).
 Status plan_from_levels(PlanView plan, const TensorView& levels, const TensorView& k,
                         const Config& config, Stream stream = nullptr);
-// The plan expanded to a level map (B, Hq, Mq, Nk) uint8.
+// The plan expanded to a level map (B, Hq, Mq, Nk) uint8, contiguous.
 Status plan_to_levels(TensorView levels, const PlanView& plan, Stream stream = nullptr);
 
 // Statistics of a host plan.

@@ -471,6 +471,54 @@ TEST(PlannerSimilarityCap, CapsKeptLevelsInEveryHeadOfTheGroup) {
   }
 }
 
+// A caller's level map may have any strides, like q, k and v: a transposed view and a broadcast
+// (stride 0) view give the plans of their contiguous copies. The map written by plan_to_levels
+// must be contiguous.
+TEST(PlannerLevels, StridedLevelMapsAreRead) {
+  Config config = topk_config(32, 32, {0.1, 0.15, 0.15, 0.35});
+  config.block_m = 32;
+  const int64_t seq_q = 96, seq_k = 160;  // Mq = 3, Nk = 5
+  const int values[5] = {1, 2, 4, 8, 0};
+  HostTensor levels(DType::kUInt8, {1, 2, 3, 5});
+  HostTensor swapped(DType::kUInt8, {1, 2, 5, 3});
+  for (int64_t h = 0; h < 2; ++h) {
+    for (int64_t i = 0; i < 3; ++i) {
+      for (int64_t j = 0; j < 5; ++j) {
+        const int level = values[(h + 2 * i + 3 * j) % 5];
+        levels.set((h * 3 + i) * 5 + j, level);
+        swapped.set((h * 5 + j) * 3 + i, level);
+      }
+    }
+  }
+  auto plan_of = [&](const TensorView& map) {
+    HostPlan plan = make_host_plan(1, 2, seq_q, seq_k, config);
+    test::poison(plan.counts);
+    test::poison(plan.blocks);
+    const Status s = psa::plan_from_levels(plan.view(), map, TensorView(), config);
+    EXPECT_TRUE(s.ok()) << s.to_string();
+    return plan;
+  };
+  const HostPlan want = plan_of(levels.view());
+  const HostPlan got = plan_of(transpose_view(swapped.view(), 2, 3));
+  EXPECT_EQ(test::max_abs_diff(got.counts, want.counts), 0.0);
+  EXPECT_EQ(test::max_abs_diff(got.blocks, want.blocks), 0.0);
+
+  // One row (head 0, query block 0) broadcast to every row.
+  TensorView broadcast = levels.view();
+  broadcast.stride[1] = broadcast.stride[2] = 0;
+  const HostPlan repeated = plan_of(broadcast);
+  for (int64_t h = 0; h < 2; ++h) {
+    for (int64_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(row_levels(repeated, 0, h, i), row_levels(want, 0, 0, 0)) << h << ", " << i;
+    }
+  }
+
+  const Status written = psa::plan_to_levels(transpose_view(swapped.view(), 2, 3), want.view());
+  EXPECT_EQ(written.code(), StatusCode::kInvalidArgument) << written.to_string();
+  EXPECT_NE(written.message().find("levels must be contiguous"), std::string::npos)
+      << written.message();
+}
+
 TEST(PlannerLevels, RoundTripIsExact) {
   // Random scores, several configs: plan -> levels -> plan gives the same counts and blocks.
   const uint64_t seed = test::test_seed(16);

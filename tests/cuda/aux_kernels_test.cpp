@@ -425,6 +425,25 @@ TEST_P(AuxLevels, RoundTripMatchesCpu) {
   PSA_EXPECT_OK(plan_from_levels(got.view(), d_levels.view(), k_view, config));
   expect_same_plan(got, want, seed);
 
+  // The same map read through a strided view (storage (B, Hq, Nk, Mq), dims 2 and 3 swapped): a
+  // level map, like q, k and v, may have any strides.
+  const int64_t mq = shape.num_q_blocks, nk = shape.num_k_blocks;
+  HostTensor swapped(DType::kUInt8, {batch, heads_q, nk, mq});
+  for (int64_t bh = 0; bh < batch * heads_q; ++bh) {
+    for (int64_t i = 0; i < mq; ++i) {
+      for (int64_t j = 0; j < nk; ++j) {
+        swapped.set((bh * nk + j) * mq + i, levels.get((bh * mq + i) * nk + j));
+      }
+    }
+  }
+  const DeviceTensor d_swapped(swapped);
+  DevicePlan got_strided = test::make_device_plan(batch, heads_q, seq_q, seq_k, config);
+  got_strided.counts.poison();
+  got_strided.blocks.poison();
+  PSA_EXPECT_OK(plan_from_levels(got_strided.view(), transpose_view(d_swapped.view(), 2, 3),
+                                 k_view, config));
+  expect_same_plan(got_strided, want, seed);
+
   // Back to a level map: the input itself without the cap, the CPU's expansion of its plan with.
   HostTensor want_levels(DType::kUInt8, levels.shape());
   PSA_EXPECT_OK(plan_to_levels(want_levels.view(), want.view()));

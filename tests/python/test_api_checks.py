@@ -137,3 +137,18 @@ def test_non_floating_q_names_the_floating_dtypes(dtype):
         assert "int64" not in str(error.value) and "uint8" not in str(error.value)
     with pytest.raises(ValueError, match=r"k must be a floating-point"):
         psa.plan(q, k.to(dtype))
+
+
+def test_level_maps_may_have_any_strides():
+    config = psa.Config(block_m=16, block_n=16, tile_n=16)
+    levels = torch.tensor([1, 2, 4, 8, 0], dtype=torch.uint8)[
+        torch.randint(0, 5, (2, 3, 5, 4), generator=torch.Generator().manual_seed(5))]
+    levels[..., 0] = 1
+    want = psa.plan_from_levels(levels, config, seq_q=80, seq_k=64)
+    transposed = levels.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not transposed.is_contiguous()
+    for strided in (transposed, transposed.to(torch.int64), transposed.numpy()):
+        got = psa.plan_from_levels(strided, config, seq_q=80, seq_k=64)
+        assert np.array_equal(np.asarray(got.levels), want.levels.numpy())
+    broadcast = torch.ones(1, 1, 1, 1, dtype=torch.uint8).expand(2, 3, 5, 4)
+    assert bool((psa.plan_from_levels(broadcast, config, seq_q=80, seq_k=64).levels == 1).all())
