@@ -118,6 +118,15 @@ bool cuda_backend_built() {
 #endif
 }
 
+bool cuda_device_usable(std::string* reason) {
+#if defined(PSA_WITH_CUDA)
+  return cuda::device_usable(reason);
+#else
+  if (reason) *reason = "psa was built without the CUDA backend";
+  return false;
+#endif
+}
+
 bool cuda_attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
                               std::string* reason) {
 #if defined(PSA_WITH_CUDA)

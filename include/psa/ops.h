@@ -94,7 +94,12 @@ Status dense_attention_backward(TensorView dq, TensorView dk, TensorView dv, con
                                 float scale, Stream stream = nullptr);
 
 // ---- Backends -------------------------------------------------------------------------------
+// Whether this build has the CUDA backend (compiled with nvcc). It says nothing about the machine.
 bool cuda_backend_built();
+// Whether the CUDA backend can run now: it is built, and a device it has kernels for is present
+// (compute capability 9.0, Hopper: the kernels are built for sm_90a). `reason` (may be null) says
+// why not.
+bool cuda_device_usable(std::string* reason);
 // Whether the CUDA attention kernel supports this problem; `reason` (may be null) says why not.
 bool cuda_attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
                               std::string* reason);

@@ -521,6 +521,26 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(info.param.name);
     });
 
+// "Usable" means a device of compute capability 9.0 is present (the kernels are sm_90a); runs (and
+// passes) on a machine without a GPU too, where it must say no and why.
+TEST(CudaAttention, DeviceUsableMeansAHopperDeviceIsPresent) {
+  int count = 0;
+  bool hopper = false;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    count = 0;
+    (void)cudaGetLastError();
+  }
+  for (int device = 0; device < count; ++device) {
+    cudaDeviceProp prop{};
+    PSA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    hopper = hopper || (prop.major == 9 && prop.minor == 0);
+  }
+  std::string reason;
+  EXPECT_EQ(cuda_device_usable(&reason), hopper) << reason;
+  EXPECT_EQ(reason.empty(), hopper) << reason;
+  EXPECT_TRUE(cuda_backend_built());
+}
+
 TEST(CudaAttention, UnsupportedCombinationsNameWhatIsSupported) {
   std::string reason;
   EXPECT_TRUE(cuda_attention_supported(DType::kBFloat16, 128, 128, 64, &reason)) << reason;

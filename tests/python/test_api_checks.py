@@ -1,5 +1,5 @@
 """What a new user hit in the Python API: preset selectors under torch.compile, preset files that
-cannot be read, and arguments of the wrong type."""
+cannot be read, arguments of the wrong type, and the CUDA availability checks."""
 
 import os
 import random
@@ -152,3 +152,17 @@ def test_level_maps_may_have_any_strides():
         assert np.array_equal(np.asarray(got.levels), want.levels.numpy())
     broadcast = torch.ones(1, 1, 1, 1, dtype=torch.uint8).expand(2, 3, 5, 4)
     assert bool((psa.plan_from_levels(broadcast, config, seq_q=80, seq_k=64).levels == 1).all())
+
+
+# ---- CUDA availability ------------------------------------------------------------------------
+
+
+def test_cuda_built_and_cuda_available():
+    assert psa.cuda_built() == psa._C.cuda_backend_built()
+    # Usable now implies built; without a CUDA build nothing is usable.
+    assert not psa.cuda_available() or psa.cuda_built()
+    if not psa.cuda_built():
+        assert not psa.cuda_available()
+    # A usable device is one torch sees as well.
+    if psa.cuda_available():
+        assert torch.cuda.is_available()
