@@ -87,15 +87,16 @@ Status check_plan_matches_config(const PlanView& plan, const Config& config) {
   return Status();
 }
 
-// A level map (B, Hq, Mq, Nk) uint8, contiguous, on the plan's device.
-Status check_level_map(const TensorView& levels, const PlanView& plan) {
+// A level map (B, Hq, Mq, Nk) uint8 on the plan's device. Both backends read one with any strides
+// (like q, k, v); one they write must be contiguous, so that no two entries share memory.
+Status check_level_map(const TensorView& levels, const PlanView& plan, bool written) {
   PSA_RETURN_IF_ERROR(detail::check_tensor(levels, "levels", 4));
   PSA_RETURN_IF_ERROR(detail::check_same_device(levels, "levels", plan.counts, "the plan"));
   PSA_RETURN_IF_ERROR(detail::check_dtype(levels, "levels", {DType::kUInt8}));
   PSA_RETURN_IF_ERROR(detail::check_shape(
       levels, "levels", "(B, Hq, Mq, Nk)",
       {plan.batch(), plan.heads(), plan.num_q_blocks(), plan.num_k_blocks()}));
-  return detail::check_contiguous(levels, "levels");
+  return written ? detail::check_contiguous(levels, "levels") : Status();
 }
 
 // The shape of a plan's problem, for functions that see no q: (B, Hq, Lq) from the plan, Hkv and
@@ -131,6 +132,15 @@ bool cuda_backend_built() {
 #if defined(PSA_WITH_CUDA)
   return true;
 #else
+  return false;
+#endif
+}
+
+bool cuda_device_usable(std::string* reason) {
+#if defined(PSA_WITH_CUDA)
+  return cuda::device_usable(reason);
+#else
+  if (reason) *reason = "psa was built without the CUDA backend";
   return false;
 #endif
 }
@@ -251,7 +261,7 @@ Status plan_from_levels(PlanView plan, const TensorView& levels, const TensorVie
   ProblemShape s = shape_of_plan(plan);
   PSA_RETURN_IF_ERROR(detail::check_tensor(plan.counts, "plan.counts", 4));
   PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, plan.counts, /*check_contents=*/false));
-  PSA_RETURN_IF_ERROR(check_level_map(levels, plan));
+  PSA_RETURN_IF_ERROR(check_level_map(levels, plan, /*written=*/false));
   PSA_RETURN_IF_ERROR(check_sim_k(k, s, config, plan.counts));
   if (plan.counts.device == Device::kCpu) return cpu::plan_from_levels(plan, levels, k, config);
 #if defined(PSA_WITH_CUDA)
@@ -266,7 +276,7 @@ Status plan_to_levels(TensorView levels, const PlanView& plan, Stream stream) {
   ProblemShape s = shape_of_plan(plan);
   PSA_RETURN_IF_ERROR(detail::check_tensor(plan.counts, "plan.counts", 4));
   PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, plan.counts, /*check_contents=*/true));
-  PSA_RETURN_IF_ERROR(check_level_map(levels, plan));
+  PSA_RETURN_IF_ERROR(check_level_map(levels, plan, /*written=*/true));
   if (plan.counts.device == Device::kCpu) return cpu::plan_to_levels(levels, plan);
 #if defined(PSA_WITH_CUDA)
   return cuda::plan_to_levels(levels, plan, stream);

@@ -51,11 +51,11 @@ Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorVie
                         const Config& config, void* workspace = nullptr,
                         size_t workspace_bytes = 0, Stream stream = nullptr);
 
-// A caller's level map (B, Hq, Mq, Nk) uint8 with values in {0, 1, 2, 4, 8} (validated) to a plan;
-// the similarity cap is applied when config.sim_cap is set (k needed then).
+// A caller's level map (B, Hq, Mq, Nk) uint8 with values in {0, 1, 2, 4, 8} (validated; any
+// strides) to a plan; the similarity cap is applied when config.sim_cap is set (k needed then).
 Status plan_from_levels(PlanView plan, const TensorView& levels, const TensorView& k,
                         const Config& config, Stream stream = nullptr);
-// The plan expanded to a level map (B, Hq, Mq, Nk) uint8.
+// The plan expanded to a level map (B, Hq, Mq, Nk) uint8, contiguous.
 Status plan_to_levels(TensorView levels, const PlanView& plan, Stream stream = nullptr);
 
 // Statistics of a host plan.
@@ -94,7 +94,12 @@ Status dense_attention_backward(TensorView dq, TensorView dk, TensorView dv, con
                                 float scale, Stream stream = nullptr);
 
 // ---- Backends -------------------------------------------------------------------------------
+// Whether this build has the CUDA backend (compiled with nvcc). It says nothing about the machine.
 bool cuda_backend_built();
+// Whether the CUDA backend can run now: it is built, and a device it has kernels for is present
+// (compute capability 9.0, Hopper: the kernels are built for sm_90a). `reason` (may be null) says
+// why not.
+bool cuda_device_usable(std::string* reason);
 // Whether the CUDA attention kernel supports this problem; `reason` (may be null) says why not.
 bool cuda_attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
                               std::string* reason);

@@ -30,6 +30,7 @@ __all__ = [
     "Preset",
     "attention",
     "cuda_available",
+    "cuda_built",
     "default_config",
     "dense_attention",
     "list_presets",
@@ -39,9 +40,17 @@ __all__ = [
 ]
 
 
-def cuda_available() -> bool:
-    """Whether this build has the CUDA backend."""
+def cuda_built() -> bool:
+    """Whether this build of psa has the CUDA backend. It says nothing about the machine: see
+    cuda_available()."""
     return bool(_C.cuda_backend_built())
+
+
+def cuda_available() -> bool:
+    """Whether psa can run on CUDA tensors now: it was built with the CUDA backend and a device
+    its kernels run on (compute capability 9.0, Hopper) is present. Earlier builds returned what
+    cuda_built() returns, which is True on a machine without a GPU."""
+    return bool(_C.cuda_device_usable()[0])
 
 
 def __getattr__(name):

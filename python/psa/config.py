@@ -21,13 +21,15 @@ TEXT_POSITIONS = ("start", "end")
 REARRANGE_METHODS = ("none", "gilbert", "tiles")
 
 
-def _as_int(name: str, value) -> int:
+def _as_int(name: str, value, low: int = -2**31, high: int = 2**31) -> int:
+    """value as an int in [low, high): by default the range of the C++ field, an int32."""
     # bool is an int subclass; a bool where a count is expected is almost certainly a mistake.
-    if isinstance(value, bool) or not isinstance(value, int):
-        if hasattr(value, "__index__") and not isinstance(value, bool):
-            return int(value.__index__())
+    if isinstance(value, bool) or not (isinstance(value, int) or hasattr(value, "__index__")):
         raise ValueError(f"config.{name} must be an int, got {type(value).__name__} {value!r}")
-    return int(value)
+    result = int(value.__index__())
+    if not low <= result < high:
+        raise ValueError(f"config.{name} must be in [{low}, {high}), got {result}")
+    return result
 
 
 def _as_float(name: str, value) -> float:
@@ -105,8 +107,8 @@ class Config:
             "min_full_ratio": _as_float("min_full_ratio", self.min_full_ratio),
             "samples_m": _as_int("samples_m", self.samples_m),
             "samples_n": _as_int("samples_n", self.samples_n),
-            "seed": _as_int("seed", self.seed),
-            "text_len": _as_int("text_len", self.text_len),
+            "seed": _as_int("seed", self.seed, 0, 2**64),
+            "text_len": _as_int("text_len", self.text_len, -2**63, 2**63),
             "text_position": _as_choice("text_position", self.text_position, TEXT_POSITIONS),
             "sim_cap": _as_bool("sim_cap", self.sim_cap),
             "sim_thresholds": _as_floats("sim_thresholds", self.sim_thresholds, 3),
@@ -115,8 +117,6 @@ class Config:
             "softmax_scale": _as_float("softmax_scale", self.softmax_scale),
             "deterministic": _as_bool("deterministic", self.deterministic),
         }
-        if not 0 <= normalised["seed"] < 2**64:
-            raise ValueError(f"config.seed must be in [0, 2**64), got {self.seed}")
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
         # The C++ check is the one every backend uses; its messages name the field.
@@ -253,16 +253,60 @@ def _presets_of(native_models) -> List[Tuple[str, str, Preset]]:
     return result
 
 
+def _selector_index(presets) -> Dict[str, Preset]:
+    """Every selector that names a preset: "Model:name", and "Model" and "Model:" for the model's
+    default_attention."""
+    index = {}
+    for model, default_attention, preset in presets:
+        index[f"{model}:{preset.name}"] = preset
+        if preset.name == default_attention:
+            index[model] = index[f"{model}:"] = preset
+    return index
+
+
+# The built-in presets, read once at import (16 presets, a few milliseconds): resolving a selector
+# is then a dict lookup in plain Python, which torch.compile(fullgraph=True) traces, where reading
+# YAML through the C++ library would break the graph.
+_BUILTIN = tuple(_presets_of(_C.load_presets()))
+_BUILTIN_BY_SELECTOR = _selector_index(_BUILTIN)
+
+
+def _preset_path(path) -> str:
+    """A preset file path given as str, bytes or os.PathLike, as str."""
+    try:
+        return os.fsdecode(path)
+    except TypeError:
+        raise ValueError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__} "
+                         f"{path!r}") from None
+
+
 @functools.lru_cache(maxsize=32)
-def _load(path: Optional[str], mtime: float) -> Tuple[Tuple[str, str, Preset], ...]:
+def _load(path: str, mtime: float) -> Tuple[Tuple[str, str, Preset], ...]:
     del mtime  # part of the cache key only: an edited file is read again
-    return tuple(_presets_of(_C.load_presets(path=path)))
+    # Read here rather than by the library so that every failure is a ValueError naming the file:
+    # OS errors (a directory, say) and bytes that are not UTF-8 (the library's strings cross to
+    # Python as str).
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise ValueError(f"preset file {path!r} cannot be read: {error.strerror or error}") \
+            from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(f"preset file {path!r} is not UTF-8 text: byte 0x{data[error.start]:02x} "
+                         f"on line {line}") from None
+    # A path from undecodable bytes holds surrogates, which cannot cross as UTF-8.
+    source = path.encode("utf-8", "backslashreplace").decode("utf-8")
+    return tuple(_presets_of(_C.load_presets(text=text, source_name=source)))
 
 
 def _presets(path: Optional[str]) -> Tuple[Tuple[str, str, Preset], ...]:
+    """The built-in presets (path None) or those of the file at `path` (already a str)."""
     if path is None:
-        return _load(None, 0.0)
-    path = os.fspath(path)
+        return _BUILTIN
     try:
         mtime = os.stat(path).st_mtime
     except OSError as error:
@@ -270,24 +314,33 @@ def _presets(path: Optional[str]) -> Tuple[Tuple[str, str, Preset], ...]:
     return _load(path, mtime)
 
 
-def list_presets(path: Optional[str] = None) -> List[str]:
-    """Selectors ("Model:name") of the built-in presets, or of the YAML file at `path`."""
-    return [preset.selector for _, _, preset in _presets(path)]
+def list_presets(path=None) -> List[str]:
+    """Selectors ("Model:name") of the built-in presets, or of the YAML file at `path` (str, bytes
+    or os.PathLike)."""
+    return [preset.selector
+            for _, _, preset in _presets(None if path is None else _preset_path(path))]
 
 
-def load_preset(selector: str, path: Optional[str] = None) -> Preset:
+def load_preset(selector: str, path=None) -> Preset:
     """A preset by selector: "Wan2.1_1.3b:psa_balanced", or "Wan2.1_1.3b" for the model's default.
 
-    `path` reads a user's file in the original release's schema instead of the built-in presets.
-    Errors (unknown model or preset, a bad key in the file) raise ValueError naming it.
+    `path` (str, bytes or os.PathLike) reads a user's file in the original release's schema instead
+    of the built-in presets. Errors (unknown model or preset, a file that cannot be read, a bad key
+    in it) raise ValueError naming it. A built-in selector resolves to a Preset cached at import,
+    so it also works inside torch.compile(fullgraph=True).
     """
     if not isinstance(selector, str) or not selector:
         raise ValueError(f"preset selector must be a non-empty string, got {selector!r}")
-    presets = _presets(path)
-    model_name, _, preset_name = selector.partition(":")
-    for model, default_attention, preset in presets:
-        if model == model_name and preset.name == (preset_name or default_attention):
+    if path is None:
+        preset = _BUILTIN_BY_SELECTOR.get(selector)
+        if preset is not None:
+            return preset
+        presets, source = _BUILTIN, "the built-in presets"
+    else:
+        path = _preset_path(path)
+        presets, source = _presets(path), path
+        preset = _selector_index(presets).get(selector)
+        if preset is not None:
             return preset
     known = ", ".join(p.selector for _, _, p in presets)
-    source = path if path is not None else "the built-in presets"
     raise ValueError(f"preset {selector!r} is not in {source}; known: {known}")

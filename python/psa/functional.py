@@ -35,19 +35,31 @@ def _ops():
     return torch.ops.psa
 
 
-def _check_rank4(name: str, x) -> None:
+def _check_data(name: str, x) -> None:
+    """q, k or v: a torch tensor or a NumPy array of rank 4 with a floating-point dtype."""
     if not (_is_torch(x) or isinstance(x, np.ndarray)):
         raise ValueError(f"{name} must be a torch.Tensor or a numpy.ndarray, got "
                          f"{type(x).__name__}")
     if x.ndim != 4:
         raise ValueError(f"{name} must have rank 4 (B, H, L, D), got rank {x.ndim} with shape "
                          f"{tuple(x.shape)}")
+    floating = x.dtype.is_floating_point if _is_torch(x) else np.issubdtype(x.dtype, np.floating)
+    if not floating:
+        raise ValueError(f"{name} must be a floating-point array (float16, bfloat16 or float32; "
+                         f"float64 too on the CPU), got {x.dtype}")
+
+
+def _flag(name: str, value) -> bool:
+    """A bool argument; NumPy's bool counts, a truthy string such as "no" does not."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def _check_qkv(q, k, v) -> bool:
     """Checks what the Python side needs before the library's own checks; returns is-torch."""
     for name, x in (("q", q), ("k", k), ("v", v)):
-        _check_rank4(name, x)
+        _check_data(name, x)
     kinds = {_is_torch(q), _is_torch(k), _is_torch(v)}
     if len(kinds) != 1:
         raise ValueError("q, k and v must all be torch tensors or all numpy arrays, got "
@@ -130,10 +142,10 @@ def plan(q, k, config: Optional[Config] = None, *, preset: Union[None, str, Pres
     Returns a psa.Plan (levels, density per head, level fractions) that psa.attention accepts.
     The plan is computed without gradient: it is a constant for the backward pass.
     """
-    _check_rank4("q", q)
-    _check_rank4("k", k)
+    _check_data("q", q)
+    _check_data("k", k)
     config, _ = _resolve(config, preset)
-    causal = bool(causal) or config.causal
+    causal = _flag("causal", causal) or config.causal
     softmax_scale = _effective_scale(scale, config)
     if causal != config.causal or softmax_scale != config.softmax_scale:
         config = config.replace(causal=causal, softmax_scale=softmax_scale)
@@ -166,7 +178,7 @@ def plan_from_levels(levels, config: Optional[Config] = None, *, k=None,
     if levels.ndim != 4:
         raise ValueError(f"levels must have shape (B, Hq, Mq, Nk), got {tuple(levels.shape)}")
     if k is not None:
-        _check_rank4("k", k)
+        _check_data("k", k)
         if _is_torch(k) != _is_torch(levels):
             raise ValueError("levels and k must both be torch tensors or both numpy arrays")
     elif config.sim_cap:
@@ -242,8 +254,8 @@ def attention(q, k, v, *, config: Optional[Config] = None,
     config's softmax_scale (0 = 1/sqrt(D)). Returns out (B, Hq, Lq, D) in q's dtype, and with
     return_lse the log-sum-exp (B, Hq, Lq) float32 as well (not differentiable).
 
-    For torch.compile pass a Config built outside the compiled region (a preset string is parsed
-    on every call).
+    A preset selector resolves to a Preset cached at import, so it also works inside
+    torch.compile(fullgraph=True).
     """
     is_torch = _check_qkv(q, k, v)
     if plan is not None:
@@ -255,7 +267,8 @@ def attention(q, k, v, *, config: Optional[Config] = None,
     else:
         cfg, dense = _resolve(config, preset)
         counts = blocks = None
-    causal = bool(causal) or cfg.causal
+    causal = _flag("causal", causal) or cfg.causal
+    return_lse = _flag("return_lse", return_lse)
     softmax_scale = _effective_scale(scale, cfg)
 
     if dense:
@@ -289,9 +302,11 @@ def dense_attention(q, k, v, *, causal: bool = False, scale: Optional[float] = N
                     return_lse: bool = False):
     """Exact dense attention by the library (the reference for all-level-1 plans)."""
     is_torch = _check_qkv(q, k, v)
+    causal = _flag("causal", causal)
+    return_lse = _flag("return_lse", return_lse)
     if scale is not None:
         scale = float(scale)
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a finite positive number, got {scale}")
-    out, lse = _dense(q, k, v, bool(causal), 0.0 if scale is None else scale, is_torch)
+    out, lse = _dense(q, k, v, causal, 0.0 if scale is None else scale, is_torch)
     return (out, lse) if return_lse else out

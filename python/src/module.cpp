@@ -439,6 +439,12 @@ void bind_ops(nb::module_& m) {
       nb::arg("stream") = 0);
 
   m.def("cuda_backend_built", &cuda_backend_built);
+  // (usable, reason): whether the CUDA backend can run on this machine now, and why not.
+  m.def("cuda_device_usable", [] {
+    std::string reason;
+    const bool usable = cuda_device_usable(&reason);
+    return std::make_tuple(usable, reason);
+  });
   m.def(
       "cuda_attention_supported",
       [](const std::string& dtype, int64_t head_dim, int block_m, int block_n) {

@@ -106,16 +106,39 @@ PSA_HOST_DEVICE int level_of_position(const int64_t* level_ends, int64_t positio
 }
 
 // ---- Forced blocks ---------------------------------------------------------------------------
-// Key block J holds a text token: text is the first or the last `text_len` of the Lk key tokens
-// (clamped to Lk). Example: Lk = 100, block_n = 32, text_len = 40 at the end: tokens [60, 100),
-// blocks 1, 2, 3.
-PSA_HOST_DEVICE bool block_holds_text(int64_t seq_k, int64_t block_n, int64_t text_len,
-                                      bool text_at_end, int64_t kblock) {
-  const int64_t text = min64(text_len, seq_k);
+// Block `index` of `block` tokens holds a text token: text is the first or the last `text_len` of
+// the `length` tokens (clamped to the length). The rule serves key blocks (Lk, block_n) and query
+// blocks (Lq, block_m). Example: Lk = 100, block_n = 32, text_len = 40 at the end: tokens
+// [60, 100), blocks 1, 2, 3.
+PSA_HOST_DEVICE bool block_holds_text(int64_t length, int64_t block, int64_t text_len,
+                                      bool text_at_end, int64_t index) {
+  const int64_t text = min64(text_len, length);
   if (text <= 0) return false;
-  const int64_t first = kblock * block_n;
-  const int64_t last = min64(first + block_n, seq_k) - 1;
-  return text_at_end ? last >= seq_k - text : first < text;
+  const int64_t first = index * block;
+  const int64_t last = min64(first + block, length) - 1;
+  return text_at_end ? last >= length - text : first < text;
+}
+
+// What forces a visible block to level 1 in every planned row (SPEC 5), the row's best block aside.
+struct ForcedBlocks {
+  int64_t seq_q = 0, seq_k = 0, block_m = 0, block_n = 0;
+  int64_t text_len = 0;
+  bool text_at_end = true;
+  bool causal = false;
+  bool keep_first_block = false;
+};
+
+// Visible key block J of query block I is level 1 when J holds a text token (text is attended at
+// full resolution), I holds a text token (text attends at full resolution: every block the row
+// sees), J crosses the causal diagonal, or J = 0 under keep_first_block. Example: Lq = Lk = 700,
+// block_m = 128, block_n = 64, causal, text_len = 32 at the end: query block 5 (rows 640..699)
+// holds text, so its 11 visible blocks are all level 1; key block 10 (keys 640..699) is level 1
+// in row 5 too, the only row that sees it.
+PSA_HOST_DEVICE bool block_forced_full(const ForcedBlocks& f, int64_t qblock, int64_t kblock) {
+  return block_holds_text(f.seq_k, f.block_n, f.text_len, f.text_at_end, kblock) ||
+         block_holds_text(f.seq_q, f.block_m, f.text_len, f.text_at_end, qblock) ||
+         (f.causal && block_on_diagonal(f.seq_q, f.seq_k, f.block_m, f.block_n, qblock, kblock)) ||
+         (f.keep_first_block && kblock == 0);
 }
 
 // ---- Similarity cap --------------------------------------------------------------------------

@@ -103,37 +103,48 @@ void row_units(std::vector<Unit>* units, const KvLevels& kv, const PlanView& pla
   }
 }
 
-// Logits of query row i over `units` (-inf where invisible); returns their maximum.
-double row_logits(double* logits, const double* q_row, const std::vector<Unit>& units,
-                  const Problem& pb, int64_t i) {
-  double max_logit = kNegInf;
+// The logits of one query row over its units.
+struct RowLogits {
+  double max_logit = kNegInf;  // over the visible units (a NaN logit leaves it as it is)
+  bool any_visible = false;    // false: the row sees no unit (O = 0, LSE = -inf)
+};
+
+// Logits of query row i over `units` into `logits` (-inf where invisible). Callers skip invisible
+// units by unit_visible, never by the value -inf: a visible logit is -inf when q holds an infinity,
+// and that row must not pass for an empty one.
+RowLogits row_logits(double* logits, const double* q_row, const std::vector<Unit>& units,
+                     const Problem& pb, int64_t i) {
+  RowLogits r;
   for (size_t u = 0; u < units.size(); ++u) {
     if (!unit_visible(pb, units[u], i)) {
       logits[u] = kNegInf;
       continue;
     }
     logits[u] = pb.scale * dot(q_row, units[u].key, pb.head_dim) + units[u].bias;
-    max_logit = std::max(max_logit, logits[u]);
+    r.max_logit = std::max(r.max_logit, logits[u]);
+    r.any_visible = true;
   }
-  return max_logit;
+  return r;
 }
 
 // Softmax of query row i over `units`: writes O_i (D) to `o` and returns LSE_i. A row that sees
-// no unit gets O = 0 and LSE = -inf (never NaN). `logits` is scratch of units.size().
+// no unit gets O = 0 and LSE = -inf (never NaN). A non-finite logit makes a weight NaN (NaN itself,
+// inf - inf against a max of +inf, or -inf - (-inf) when every visible logit is -inf), so O_i and
+// LSE_i are NaN, as in dense attention. `logits` is scratch of units.size().
 double attend_row(double* o, double* logits, const double* q_row, const std::vector<Unit>& units,
                   const Problem& pb, int64_t i) {
   std::fill(o, o + pb.head_dim, 0.0);
-  const double max_logit = row_logits(logits, q_row, units, pb, i);
-  if (max_logit == kNegInf) return kNegInf;
+  const RowLogits r = row_logits(logits, q_row, units, pb, i);
+  if (!r.any_visible) return kNegInf;
   double sum = 0.0;
   for (size_t u = 0; u < units.size(); ++u) {
-    if (logits[u] == kNegInf) continue;
-    const double w = std::exp(logits[u] - max_logit);
+    if (!unit_visible(pb, units[u], i)) continue;
+    const double w = std::exp(logits[u] - r.max_logit);
     sum += w;
     for (int64_t d = 0; d < pb.head_dim; ++d) o[d] += w * units[u].value[d];
   }
   for (int64_t d = 0; d < pb.head_dim; ++d) o[d] /= sum;
-  return max_logit + std::log(sum);
+  return r.max_logit + std::log(sum);
 }
 
 const double* row_ptr(const std::vector<double>& t, const Problem& pb, int64_t heads,
@@ -232,9 +243,11 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
       row_lse[r] = attend_row(o.data(), logits.data(), q_row, units, pb, i);
       delta[r] = dot(o.data(), do_row, pb.head_dim);
       std::fill(acc.begin(), acc.end(), 0.0);
-      if (row_lse[r] != kNegInf) {  // a row that saw nothing has no gradient
+      // A row that saw nothing has no gradient (LSE -inf only then); a NaN LSE spreads to the
+      // row's dq and to the keys it reaches.
+      if (row_lse[r] != kNegInf) {
         for (size_t u = 0; u < units.size(); ++u) {
-          if (logits[u] == kNegInf) continue;
+          if (!unit_visible(pb, units[u], i)) continue;
           const double p = std::exp(logits[u] - row_lse[r]);
           const double ds = p * (dot(do_row, units[u].value, pb.head_dim) - delta[r]);
           for (int64_t d = 0; d < pb.head_dim; ++d) acc[d] += ds * units[u].key[d];
@@ -299,7 +312,7 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
           const double* do_row = row_ptr(dout_d, pb, pb.heads_q, pb.seq_q, b, h, i);
           row_logits(logits.data(), q_row, us, pb, i);
           for (size_t u = 0; u < us.size(); ++u) {
-            if (logits[u] == kNegInf) continue;
+            if (!unit_visible(pb, us[u], i)) continue;
             const double p = std::exp(logits[u] - row_lse[r]);
             const double ds = p * (dot(do_row, us[u].value, pb.head_dim) - delta[r]);
             for (int64_t d = 0; d < pb.head_dim; ++d) {

@@ -122,7 +122,15 @@ Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorVie
   std::vector<uint8_t> caps;
   PSA_RETURN_IF_ERROR(compute_caps(caps, k, config));
   const int64_t group = config.sim_cap ? heads_q / k.shape[1] : 1;
-  const bool text_at_end = config.text_position == TextPosition::kEnd;
+  detail::ForcedBlocks forced;
+  forced.seq_q = seq_q;
+  forced.seq_k = seq_k;
+  forced.block_m = block_m;
+  forced.block_n = block_n;
+  forced.text_len = config.text_len;
+  forced.text_at_end = config.text_position == TextPosition::kEnd;
+  forced.causal = config.causal;
+  forced.keep_first_block = config.keep_first_block;
 
   parallel_for(batch * heads_q, [&](int64_t bh) {
     const int64_t b = bh / heads_q, h = bh % heads_q;
@@ -167,16 +175,11 @@ Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorVie
             levels[kj] = static_cast<uint8_t>(detail::apply_cap(levels[kj], cap_row[kj]));
           }
         }
-        // Forced level-1 blocks, after the quotas and the cap: text blocks, the diagonal, the
-        // attention sink, and the row's best block. Only visible blocks can be forced.
+        // Forced level-1 blocks, after the quotas and the cap: text columns and text rows, the
+        // diagonal, the attention sink, and the row's best block. Only visible blocks can be
+        // forced.
         for (int64_t kj = 0; kj < num_k_blocks; ++kj) {
-          if (!visible(kj)) continue;
-          const bool forced =
-              detail::block_holds_text(seq_k, block_n, config.text_len, text_at_end, kj) ||
-              (config.causal &&
-               detail::block_on_diagonal(seq_q, seq_k, block_m, block_n, qi, kj)) ||
-              (config.keep_first_block && kj == 0);
-          if (forced) levels[kj] = 1;
+          if (visible(kj) && detail::block_forced_full(forced, qi, kj)) levels[kj] = 1;
         }
         levels[order[0]] = 1;
       }

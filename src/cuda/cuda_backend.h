@@ -37,6 +37,8 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
 
 bool attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
                          std::string* reason);
+// A device of the compute capability the kernels are built for (9.0) is present.
+bool device_usable(std::string* reason);
 
 Status permute_tokens(TensorView out, const TensorView& in, const int64_t* perm, Stream stream);
 

@@ -47,8 +47,8 @@ struct PlannerParams {
   bool topk;
   double ends[kNumLevels];
   double min_full_ratio;
-  bool causal, keep_first_block, text_at_end;
-  int64_t text_len;
+  bool causal;
+  detail::ForcedBlocks forced;
 };
 
 struct LevelsParams {
@@ -311,20 +311,15 @@ __global__ void __launch_bounds__(kRowThreads) plan_from_scores_kernel(PlannerPa
           static_cast<uint8_t>(detail::level_of_position(level_ends, pos));
     }
     __syncthreads();
-    // The cap, then the forced level-1 blocks (visible only): text, diagonal, sink, the best.
+    // The cap, then the forced level-1 blocks (visible only): text columns and rows, diagonal,
+    // sink, the best.
     const int64_t best = static_cast<uint32_t>(keys[0]);
     const uint8_t* cap_row =
         p.cap != nullptr ? p.cap + (b * p.heads_kv + h / (p.heads_q / p.heads_kv)) * nk : nullptr;
     for (int64_t j = threadIdx.x; j < nk; j += blockDim.x) {
       int level = levels[j];
       if (cap_row != nullptr) level = detail::apply_cap(level, cap_row[j]);
-      if (j < num_visible) {
-        const bool forced =
-            detail::block_holds_text(p.seq_k, p.block_n, p.text_len, p.text_at_end, j) ||
-            (p.causal && detail::block_on_diagonal(p.seq_q, p.seq_k, p.block_m, p.block_n, i, j)) ||
-            (p.keep_first_block && j == 0) || j == best;
-        if (forced) level = 1;
-      }
+      if (j < num_visible && (detail::block_forced_full(p.forced, i, j) || j == best)) level = 1;
       levels[j] = static_cast<uint8_t>(level);
     }
     __syncthreads();
@@ -505,9 +500,14 @@ Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorVie
   for (int l = 0; l < kNumLevels; ++l) p.ends[l] = config.ends[l];
   p.min_full_ratio = config.min_full_ratio;
   p.causal = config.causal;
-  p.keep_first_block = config.keep_first_block;
-  p.text_at_end = config.text_position == TextPosition::kEnd;
-  p.text_len = config.text_len;
+  p.forced.seq_q = plan.seq_q;
+  p.forced.seq_k = plan.seq_k;
+  p.forced.block_m = config.block_m;
+  p.forced.block_n = config.block_n;
+  p.forced.text_len = config.text_len;
+  p.forced.text_at_end = config.text_position == TextPosition::kEnd;
+  p.forced.causal = config.causal;
+  p.forced.keep_first_block = config.keep_first_block;
 
   if (config.sim_cap) {
     PSA_RETURN_IF_ERROR(check_key_dtype(k));

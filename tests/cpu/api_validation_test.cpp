@@ -303,6 +303,10 @@ TEST(ApiValidation, CudaWithoutBackendSaysSo) {
   const Status s = dense_attention_forward(out, TensorView{}, q, k, v, false, 0.0f);
   EXPECT_NE(s.code(), StatusCode::kOk);
   EXPECT_FALSE(s.message().empty());
+  // Built without CUDA, nothing is usable, whatever the machine has.
+  std::string reason;
+  EXPECT_FALSE(cuda_device_usable(&reason));
+  EXPECT_NE(reason.find("without the CUDA backend"), std::string::npos) << reason;
 }
 
 }  // namespace

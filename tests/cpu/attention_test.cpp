@@ -1,6 +1,7 @@
 // The CPU attention reference (SPEC 6, 7): all-level-1 plans equal dense attention (forward and
 // backward), pooled levels are exact, empty rows give O = 0 and LSE = -inf, 16-bit inputs agree
-// with fp32 on the same values, and strided tensors give the same result as contiguous ones.
+// with fp32 on the same values, strided tensors give the same result as contiguous ones, a
+// non-finite q gives NaN rows, and text rows of a planned problem equal dense attention.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -569,6 +570,162 @@ TEST(Attention, ExplicitSoftmaxScaleMatchesDense) {
   const Forward default_scale =
       psa_forward(x, plan_from_map(uniform_map(c, 1), c), make_config(c), DType::kFloat32);
   EXPECT_GT(max_abs_diff(default_scale.lse, sparse.lse), 1e-3) << replay_hint(seed);
+}
+
+// (6) A non-finite element of q makes its row's O and LSE NaN (never the zero row of an empty row),
+// as dense attention does, and its gradient non-finite: dq of the row and dk, dv of the keys it
+// reaches. Other rows and keys are bitwise those of the clean inputs. Three ways a row meets a
+// non-finite logit: q NaN (every logit NaN); q +inf against keys of both signs in that dimension
+// (logits +inf and -inf); q +inf against keys all negative in that dimension (every logit -inf,
+// which must not pass for "no visible key").
+TEST(Attention, NonFiniteQueryGivesNonFiniteRows) {
+  const uint64_t seed = test_seed(210);
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  struct Poisoned {
+    int64_t head, row, dim;
+    double value;
+  };
+  const Poisoned poisoned[] = {{0, 5, 3, std::nan("")}, {1, 20, 3, kInf}, {1, 33, 0, kInf}};
+  for (bool causal : {false, true})
+    for (bool all_full : {true, false}) {
+      Case c;
+      c.heads_q = 2;
+      c.heads_kv = 1;
+      c.seq_q = 40;
+      c.seq_k = 50;
+      c.causal = causal;
+      SCOPED_TRACE(c.name() + (all_full ? " all level 1" : " mixed levels"));
+      const Config config = make_config(c);
+      Qkv clean = random_qkv(c.batch, c.heads_q, c.heads_kv, c.seq_q, c.seq_k, c.head_dim,
+                             DType::kFloat32, seed);
+      for (int64_t j = 0; j < c.seq_k; ++j) {  // dimension 0 of every key negative
+        clean.k.set(j * c.head_dim, -std::fabs(clean.k.get(j * c.head_dim)) - 0.1);
+      }
+      Qkv x = clean;
+      for (const Poisoned& p : poisoned) {
+        x.q.set((p.head * c.seq_q + p.row) * c.head_dim + p.dim, p.value);
+      }
+      const HostPlan plan = plan_from_map(
+          all_full ? uniform_map(c, 1) : random_map(c, {1, 2, 4, 8}, seed + 1), c);
+      const HostTensor dout = random_like(x.q, seed + 7);
+      const Forward want = psa_forward(clean, plan, config, DType::kFloat32);
+      const Grads want_grads = psa_backward(clean, want, dout, plan, config);
+      const Forward got = psa_forward(x, plan, config, DType::kFloat32);
+      const Grads grads = psa_backward(x, got, dout, plan, config);
+      const Forward dense = dense_forward(x, causal);
+
+      auto is_poisoned = [&](int64_t h, int64_t i) {
+        for (const Poisoned& p : poisoned) {
+          if (p.head == h && p.row == i) return true;
+        }
+        return false;
+      };
+      for (int64_t h = 0; h < c.heads_q; ++h)
+        for (int64_t i = 0; i < c.seq_q; ++i) {
+          const int64_t row = h * c.seq_q + i;
+          const bool bad = is_poisoned(h, i);
+          if (bad) {
+            EXPECT_TRUE(std::isnan(got.lse.get(row)))
+                << "h=" << h << " i=" << i << " lse " << got.lse.get(row) << "\n"
+                << replay_hint(seed);
+            EXPECT_TRUE(std::isnan(dense.lse.get(row))) << "dense h=" << h << " i=" << i;
+          } else {
+            EXPECT_EQ(got.lse.get(row), want.lse.get(row)) << "h=" << h << " i=" << i;
+          }
+          for (int64_t d = 0; d < c.head_dim; ++d) {
+            const int64_t e = row * c.head_dim + d;
+            if (bad) {
+              ASSERT_TRUE(std::isnan(got.out.get(e)))
+                  << "h=" << h << " i=" << i << " out " << got.out.get(e) << "\n"
+                  << replay_hint(seed);
+              ASSERT_TRUE(std::isnan(dense.out.get(e))) << "dense h=" << h << " i=" << i;
+              ASSERT_TRUE(std::isnan(grads.dq.get(e))) << "dq h=" << h << " i=" << i;
+            } else {
+              ASSERT_EQ(got.out.get(e), want.out.get(e)) << "h=" << h << " i=" << i;
+              ASSERT_EQ(grads.dq.get(e), want_grads.dq.get(e)) << "dq h=" << h << " i=" << i;
+            }
+          }
+        }
+      // Keys past the last poisoned row's horizon (causal) are reached by clean rows only; with
+      // every block at level 1, the keys row 5 sees are reached by a NaN row.
+      const int64_t shift = c.seq_k - c.seq_q;
+      for (int64_t j = 0; j < c.seq_k; ++j) {
+        const bool unreached = causal && j > 33 + shift;
+        const bool reached = all_full && (!causal || j <= 5 + shift);
+        for (int64_t d = 0; d < c.head_dim; ++d) {
+          const int64_t e = j * c.head_dim + d;
+          if (unreached) {
+            ASSERT_EQ(grads.dk.get(e), want_grads.dk.get(e)) << "dk key " << j;
+            ASSERT_EQ(grads.dv.get(e), want_grads.dv.get(e)) << "dv key " << j;
+          }
+          if (reached) {
+            ASSERT_TRUE(std::isnan(grads.dk.get(e))) << "dk key " << j << " " << grads.dk.get(e);
+            ASSERT_TRUE(std::isnan(grads.dv.get(e))) << "dv key " << j << " " << grads.dv.get(e);
+          }
+        }
+      }
+    }
+}
+
+// (7) Text rows attend at full resolution (SPEC 5): through the whole pipeline (estimator, planner,
+// attention), the rows of text tokens equal dense attention while the other rows are sparse. The
+// first case is the transformers integration's: causal, keep_first_block, the question at the
+// end, where forcing only the text columns changed nothing.
+TEST(Attention, TextRowsEqualDenseThroughThePipeline) {
+  const uint64_t seed = test_seed(211);
+  struct TextCase {
+    bool causal;
+    int64_t text_len;
+    TextPosition position;
+  };
+  for (const TextCase& t : {TextCase{true, 32, TextPosition::kEnd},
+                            TextCase{false, 100, TextPosition::kStart}}) {
+    Case c;
+    c.heads_q = 2;
+    c.heads_kv = 2;
+    c.seq_q = 700;
+    c.seq_k = 700;
+    c.head_dim = 32;
+    c.block_m = 128;
+    c.block_n = 64;
+    c.causal = t.causal;
+    SCOPED_TRACE(c.name() + " text_len=" + std::to_string(t.text_len));
+    Config config = make_config(c);
+    config.keep_first_block = t.causal;
+    config.text_len = t.text_len;
+    config.text_position = t.position;
+    const Qkv x = random_qkv(c.batch, c.heads_q, c.heads_kv, c.seq_q, c.seq_k, c.head_dim,
+                             DType::kFloat32, seed);
+    HostTensor scores(DType::kFloat32, {c.batch, c.heads_q, c.num_q_blocks(), c.num_k_blocks()});
+    ASSERT_TRUE(estimate_importance(scores.view(), x.q.view(), x.k.view(), config).ok());
+    HostPlan plan = make_host_plan(c.batch, c.heads_q, c.seq_q, c.seq_k, config);
+    ASSERT_TRUE(plan_from_scores(plan.view(), scores.view(), TensorView(), config).ok());
+    const Forward sparse = psa_forward(x, plan, config, DType::kFloat32);
+    const Forward dense = dense_forward(x, t.causal);
+
+    const int64_t text_first = t.position == TextPosition::kEnd ? c.seq_q - t.text_len : 0;
+    HostTensor text_sparse(DType::kFloat32, {c.heads_q, t.text_len, c.head_dim});
+    HostTensor text_dense(DType::kFloat32, text_sparse.shape());
+    double other_diff = 0.0;
+    for (int64_t h = 0; h < c.heads_q; ++h)
+      for (int64_t i = 0; i < c.seq_q; ++i) {
+        const bool text = i >= text_first && i < text_first + t.text_len;
+        for (int64_t d = 0; d < c.head_dim; ++d) {
+          const int64_t e = (h * c.seq_q + i) * c.head_dim + d;
+          if (text) {
+            const int64_t te = (h * t.text_len + i - text_first) * c.head_dim + d;
+            text_sparse.set(te, sparse.out.get(e));
+            text_dense.set(te, dense.out.get(e));
+          } else {
+            other_diff = std::max(other_diff, std::fabs(sparse.out.get(e) - dense.out.get(e)));
+          }
+        }
+      }
+    // Same math in double, different summation order, each rounded once to fp32.
+    expect_close(text_sparse, text_dense, 1e-5, 1e-7, "text rows", seed);
+    // The plan is sparse elsewhere (else the check above proves nothing about text).
+    EXPECT_GT(other_diff, 1e-3) << replay_hint(seed);
+  }
 }
 
 }  // namespace

@@ -269,20 +269,53 @@ TEST(PlannerThresholdBound, ZeroRowIsTreatedAsUniform) {
 }
 
 TEST(PlannerForced, TextBlocksAtStartAndEnd) {
-  // Lk = 1230 (ragged last block), block_n = 128, Nk = 10; text_len = 200 (not a multiple of 128).
-  // Start: tokens [0, 200) -> blocks 0, 1. End: tokens [1030, 1230) -> blocks 8, 9.
-  // Quotas: level 1 = the best block, level 8 = the next two (a = 1).
+  // Lk = 1230 (ragged last block), block_n = 128, Nk = 10; Lq = 512, block_m = 128, Mq = 4;
+  // text_len = 200 (not a multiple of 128).
+  // Start: key tokens [0, 200) -> key blocks 0, 1; query rows [0, 200) -> query blocks 0, 1.
+  // End: key tokens [1030, 1230) -> key blocks 8, 9; query rows [312, 512) -> query blocks 2, 3.
+  // Quotas: level 1 = the best block, level 8 = the next two (a = 1). A row without text keeps its
+  // quotas plus the text columns at level 1; a row with text has every block at level 1.
   Config config = topk_config(128, 32, {0.1, 0.1, 0.1, 0.3});
   config.text_len = 200;
   // Ranking 5, 1, 7, 8, ... : block 1 or 8 would be level 8 without the text rule.
   const std::vector<float> row = {0.02f, 0.2f,  0.03f, 0.04f, 0.05f,
                                   0.3f,  0.06f, 0.15f, 0.1f,  0.05f};
+  const std::vector<std::vector<float>> rows(4, row);
+  const Levels all_full(10, 1);
   config.text_position = TextPosition::kStart;
-  const HostPlan start = plan_scores(make_scores({row}), 128, 1230, config);
-  EXPECT_EQ(row_levels(start, 0, 0, 0), (Levels{1, 1, 0, 0, 0, 1, 0, 8, 0, 0}));
+  const HostPlan start = plan_scores(make_scores(rows), 512, 1230, config);
+  const Levels start_rows[4] = {all_full, all_full, {1, 1, 0, 0, 0, 1, 0, 8, 0, 0},
+                                {1, 1, 0, 0, 0, 1, 0, 8, 0, 0}};
+  for (int64_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(row_levels(start, 0, 0, i), start_rows[i]) << "row " << i;
+  }
   config.text_position = TextPosition::kEnd;
-  const HostPlan end = plan_scores(make_scores({row}), 128, 1230, config);
-  EXPECT_EQ(row_levels(end, 0, 0, 0), (Levels{0, 8, 0, 0, 0, 1, 0, 8, 1, 1}));
+  const HostPlan end = plan_scores(make_scores(rows), 512, 1230, config);
+  const Levels end_rows[4] = {{0, 8, 0, 0, 0, 1, 0, 8, 1, 1}, {0, 8, 0, 0, 0, 1, 0, 8, 1, 1},
+                              all_full, all_full};
+  for (int64_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(row_levels(end, 0, 0, i), end_rows[i]) << "row " << i;
+  }
+}
+
+// Causal, text at the end (the transformers integration's question): text key blocks are visible
+// only to the text rows, so without the row rule text_len would change nothing. Lq = Lk = 700,
+// block_m = 128, block_n = 64, text_len = 32: query block 5 (rows 640..699) holds text and sees
+// all 11 key blocks; every other row keeps its quotas.
+TEST(PlannerForced, CausalTextRowsSeeEveryVisibleBlockAtLevelOne) {
+  Config config = topk_config(64, 32, {0.1, 0.15, 0.15, 0.35});
+  config.causal = true;
+  config.keep_first_block = true;
+  std::vector<std::vector<float>> rows(6);
+  for (int64_t i = 0; i < 6; ++i) rows[i] = random_row(11, test::test_seed(17) + i);
+  const HostPlan without = plan_scores(make_scores(rows), 700, 700, config);
+  config.text_len = 32;
+  const HostPlan with = plan_scores(make_scores(rows), 700, 700, config);
+  for (int64_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(row_levels(with, 0, 0, i), row_levels(without, 0, 0, i)) << "row " << i;
+  }
+  EXPECT_NE(row_levels(without, 0, 0, 5), Levels(11, 1));
+  EXPECT_EQ(row_levels(with, 0, 0, 5), Levels(11, 1));
 }
 
 TEST(PlannerForced, KeepFirstBlock) {
@@ -322,15 +355,17 @@ TEST(PlannerCausal, QuotasOverVisibleBlocksAndDiagonalForced) {
                               {1, 1, 2, 2, 8, 8, 0, 0, 1, 1}};
   for (int64_t i = 0; i < 5; ++i) EXPECT_EQ(row_levels(plan, 0, 0, i), expected[i]) << "row " << i;
 
-  // Text at the end (block 9) is forced only where it is visible (row 4); keep_first_block forces
-  // block 0, which is the best block here anyway.
+  // Text at the end (key block 9, query block 4): the text column is visible only to row 4, which
+  // holds text and so has every block at level 1; keep_first_block forces block 0, which is the
+  // best block here anyway.
   config.text_len = 100;
   config.text_position = TextPosition::kEnd;
   config.keep_first_block = true;
   const HostPlan text_plan = plan_scores(make_scores(rows), 1280, 1280, config);
-  for (int64_t i = 0; i < 5; ++i) {
+  for (int64_t i = 0; i < 4; ++i) {
     EXPECT_EQ(row_levels(text_plan, 0, 0, i), expected[i]) << "row " << i;
   }
+  EXPECT_EQ(row_levels(text_plan, 0, 0, 4), Levels(10, 1));
 }
 
 TEST(PlannerCausal, RowsWithNoVisibleBlockAreEmpty) {
@@ -434,6 +469,54 @@ TEST(PlannerSimilarityCap, CapsKeptLevelsInEveryHeadOfTheGroup) {
   for (int64_t h = 0; h < 2; ++h) {
     EXPECT_EQ(row_levels(from_levels, 0, h, 0), (Levels{8, 1, 2, 0, 8})) << "head " << h;
   }
+}
+
+// A caller's level map may have any strides, like q, k and v: a transposed view and a broadcast
+// (stride 0) view give the plans of their contiguous copies. The map written by plan_to_levels
+// must be contiguous.
+TEST(PlannerLevels, StridedLevelMapsAreRead) {
+  Config config = topk_config(32, 32, {0.1, 0.15, 0.15, 0.35});
+  config.block_m = 32;
+  const int64_t seq_q = 96, seq_k = 160;  // Mq = 3, Nk = 5
+  const int values[5] = {1, 2, 4, 8, 0};
+  HostTensor levels(DType::kUInt8, {1, 2, 3, 5});
+  HostTensor swapped(DType::kUInt8, {1, 2, 5, 3});
+  for (int64_t h = 0; h < 2; ++h) {
+    for (int64_t i = 0; i < 3; ++i) {
+      for (int64_t j = 0; j < 5; ++j) {
+        const int level = values[(h + 2 * i + 3 * j) % 5];
+        levels.set((h * 3 + i) * 5 + j, level);
+        swapped.set((h * 5 + j) * 3 + i, level);
+      }
+    }
+  }
+  auto plan_of = [&](const TensorView& map) {
+    HostPlan plan = make_host_plan(1, 2, seq_q, seq_k, config);
+    test::poison(plan.counts);
+    test::poison(plan.blocks);
+    const Status s = psa::plan_from_levels(plan.view(), map, TensorView(), config);
+    EXPECT_TRUE(s.ok()) << s.to_string();
+    return plan;
+  };
+  const HostPlan want = plan_of(levels.view());
+  const HostPlan got = plan_of(transpose_view(swapped.view(), 2, 3));
+  EXPECT_EQ(test::max_abs_diff(got.counts, want.counts), 0.0);
+  EXPECT_EQ(test::max_abs_diff(got.blocks, want.blocks), 0.0);
+
+  // One row (head 0, query block 0) broadcast to every row.
+  TensorView broadcast = levels.view();
+  broadcast.stride[1] = broadcast.stride[2] = 0;
+  const HostPlan repeated = plan_of(broadcast);
+  for (int64_t h = 0; h < 2; ++h) {
+    for (int64_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(row_levels(repeated, 0, h, i), row_levels(want, 0, 0, 0)) << h << ", " << i;
+    }
+  }
+
+  const Status written = psa::plan_to_levels(transpose_view(swapped.view(), 2, 3), want.view());
+  EXPECT_EQ(written.code(), StatusCode::kInvalidArgument) << written.to_string();
+  EXPECT_NE(written.message().find("levels must be contiguous"), std::string::npos)
+      << written.message();
 }
 
 TEST(PlannerLevels, RoundTripIsExact) {

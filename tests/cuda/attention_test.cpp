@@ -1,6 +1,7 @@
 // The CUDA attention forward against the CPU reference (SPEC.md sections 2, 3, 6) over a sweep of
 // dtypes, head dims, block sizes, GQA ratios, Lq != Lk, ragged lengths, causal on and off, plan
-// kinds (mixed, all-full, all-skip, only-8x) and strided (B, L, H, D) layouts.
+// kinds (mixed, all-full, all-skip, only-8x) and strided (B, L, H, D) layouts; non-finite inputs
+// give NaN rows, never empty ones.
 //
 // Tolerance (STYLE.md): the GPU output's error against an fp64 reference (the CPU reference run on
 // the same 16-bit inputs widened to fp32, computed in double) must be within 2x the error of the
@@ -281,6 +282,142 @@ TEST(CudaAttention, MalformedPlanIsClampedToSkip) {
   ASSERT_GT(l2_norm(ref.out), 0.0) << replay_hint(seed);
   EXPECT_LE(rel_l2(gpu_out, ref.out), 2.0 * rel_l2(cpu16.out, ref.out)) << replay_hint(seed);
   expect_lse_close(lse.download(), ref.lse, seed);
+}
+
+// A non-finite element of q makes its row's O and LSE NaN (never the zero row of an empty one),
+// as the CPU reference and dense attention do; rows that see nothing stay O = 0, LSE = -inf, and
+// every other row is bitwise the clean run's. Three ways a row meets a non-finite logit: q NaN;
+// q +inf against keys of both signs in that dimension (logits +inf and -inf); q +inf against keys
+// all negative in that dimension (every logit -inf: l = 0 must not pass for "sees nothing").
+struct NonFiniteCase {
+  const char* name;
+  AttentionCase shape;
+  int64_t rows[3];  // query rows poisoned in head 0: NaN, +inf (mixed signs), +inf (all -inf)
+};
+void PrintTo(const NonFiniteCase& c, std::ostream* os) { *os << c.name; }
+
+class CudaAttentionNonFinite : public ::testing::TestWithParam<NonFiniteCase> {};
+
+TEST_P(CudaAttentionNonFinite, GivesNanRowsAndKeepsEmptyRowsZero) {
+  PSA_SKIP_WITHOUT_GPU();
+  const NonFiniteCase& nc = GetParam();
+  const AttentionCase& c = nc.shape;
+  const uint64_t seed = test_seed(0x0f1e0000u + static_cast<uint64_t>(c.seq_q));
+  Qkv clean = random_qkv(c.batch, c.heads_q, c.heads_kv, c.seq_q, c.seq_k, c.head_dim, c.dtype,
+                         seed);
+  const int64_t d = c.head_dim;
+  for (int64_t t = 0; t < clean.k.numel() / d; ++t) {  // dimension 0 of every key negative
+    clean.k.set(t * d, -std::fabs(clean.k.get(t * d)) - 0.1);
+  }
+  Qkv poisoned = clean;
+  const double kInf = std::numeric_limits<double>::infinity();
+  const double values[3] = {std::nan(""), kInf, kInf};
+  const int64_t dims[3] = {3, 3, 0};
+  for (int r = 0; r < 3; ++r) poisoned.q.set(nc.rows[r] * d + dims[r], values[r]);
+  Config config;
+  config.block_m = c.block_m;
+  config.block_n = c.block_n;
+  config.causal = c.causal;
+  // The level map, with block 0 at level 1 in the plan rows of the poisoned rows (visible to
+  // them in these cases), so that each poisoned row sees a unit.
+  HostTensor levels = make_level_map(c, seed + 1);
+  const int64_t nk = levels.shape()[3];
+  for (int64_t row : nc.rows) levels.set((row / c.block_m) * nk, 1);
+  const HostPlan plan = plan_from_level_map(levels, c);
+  HostPyramid pyramid = make_host_pyramid(c.batch, c.heads_kv, c.seq_k, c.head_dim, c.dtype);
+  ASSERT_TRUE(build_pyramid(pyramid.view(), clean.k.view(), clean.v.view()).ok());
+  const CpuResult ref = cpu_attention(poisoned.q, poisoned.k, poisoned.v, pyramid, plan, config,
+                                      DType::kFloat32);
+
+  DevicePyramid dev_pyramid;
+  for (int l = 0; l < kNumPooledLevels; ++l) {
+    dev_pyramid.k[l] = DeviceTensor(pyramid.k[l]);
+    dev_pyramid.v[l] = DeviceTensor(pyramid.v[l]);
+  }
+  const DevicePlan dev_plan = upload_plan(plan);
+  const DeviceTensor k(clean.k), v(clean.v);
+  auto run = [&](const HostTensor& q_host, HostTensor* out_host, HostTensor* lse_host) {
+    const DeviceTensor q(q_host);
+    DeviceTensor out(c.dtype, q_host.shape());
+    DeviceTensor lse(DType::kFloat32, {c.batch, c.heads_q, c.seq_q});
+    out.poison();
+    lse.poison();
+    const Status status = attention_forward(out.view(), lse.view(), q.view(), k.view(), v.view(),
+                                            dev_pyramid.view(), dev_plan.view(), config);
+    ASSERT_TRUE(status.ok()) << status.to_string();
+    *out_host = out.download();
+    *lse_host = lse.download();
+  };
+  HostTensor clean_out, clean_lse, out, lse;
+  run(clean.q, &clean_out, &clean_lse);
+  run(poisoned.q, &out, &lse);
+
+  int64_t empty_rows = 0;
+  for (int64_t row = 0; row < lse.numel(); ++row) {
+    const bool bad = row == nc.rows[0] || row == nc.rows[1] || row == nc.rows[2];
+    const double ref_lse = ref.lse.get(row);
+    if (bad) {
+      ASSERT_TRUE(std::isnan(ref_lse)) << "reference row " << row << "; " << replay_hint(seed);
+      EXPECT_TRUE(std::isnan(lse.get(row)))
+          << "row " << row << " LSE " << lse.get(row) << "; " << replay_hint(seed);
+      for (int64_t i = 0; i < d; ++i) {
+        ASSERT_TRUE(std::isnan(out.get(row * d + i)))
+            << "row " << row << " out " << out.get(row * d + i) << "; " << replay_hint(seed);
+      }
+      continue;
+    }
+    if (std::isinf(ref_lse)) {
+      ++empty_rows;
+      EXPECT_EQ(lse.get(row), -kInf) << "empty row " << row << "; " << replay_hint(seed);
+      for (int64_t i = 0; i < d; ++i) ASSERT_EQ(out.get(row * d + i), 0.0) << "empty row " << row;
+      continue;
+    }
+    EXPECT_EQ(lse.get(row), clean_lse.get(row)) << "row " << row << "; " << replay_hint(seed);
+    for (int64_t i = 0; i < d; ++i) {
+      ASSERT_EQ(out.get(row * d + i), clean_out.get(row * d + i)) << "row " << row;
+    }
+  }
+  if (c.causal && c.seq_q > c.seq_k) EXPECT_GT(empty_rows, 0) << "the case must have empty rows";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, CudaAttentionNonFinite,
+    ::testing::Values(
+        // Lq > Lk causal: rows 0..129 see nothing.
+        NonFiniteCase{"Bf16D128Bm64Bn128CausalEmptyRows",
+                      {"", 1, 2, 2, 300, 170, 128, DType::kBFloat16, 64, 128, true,
+                       PlanKind::kAllFull, false, true},
+                      {140, 200, 299}},
+        NonFiniteCase{"Fp16D64Bm128Bn64Mixed",
+                      {"", 1, 2, 1, 389, 389, 64, DType::kFloat16, 128, 64, false,
+                       PlanKind::kMixed, false, true},
+                      {5, 130, 388}},
+        NonFiniteCase{"Bf16D128Bm128Bn64MixedCausal",
+                      {"", 1, 2, 2, 389, 389, 128, DType::kBFloat16, 128, 64, true,
+                       PlanKind::kMixed, false, true},
+                      {7, 200, 300}}),
+    [](const ::testing::TestParamInfo<NonFiniteCase>& info) {
+      return std::string(info.param.name);
+    });
+
+// "Usable" means a device of compute capability 9.0 is present (the kernels are sm_90a); runs (and
+// passes) on a machine without a GPU too, where it must say no and why.
+TEST(CudaAttention, DeviceUsableMeansAHopperDeviceIsPresent) {
+  int count = 0;
+  bool hopper = false;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    count = 0;
+    (void)cudaGetLastError();
+  }
+  for (int device = 0; device < count; ++device) {
+    cudaDeviceProp prop{};
+    PSA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    hopper = hopper || (prop.major == 9 && prop.minor == 0);
+  }
+  std::string reason;
+  EXPECT_EQ(cuda_device_usable(&reason), hopper) << reason;
+  EXPECT_EQ(reason.empty(), hopper) << reason;
+  EXPECT_TRUE(cuda_backend_built());
 }
 
 TEST(CudaAttention, UnsupportedCombinationsNameWhatIsSupported) {

@@ -368,6 +368,16 @@ INSTANTIATE_TEST_SUITE_P(
                     TextPosition::kEnd, false, true},
         PlannerCase{"threshold_sim_causal_n32", PlanMode::kThresholdBound, 32, 1000, 1000, true, 0,
                     TextPosition::kEnd, false, true},
+        // Text rows (every visible block at level 1) and text columns, causal and not, text
+        // first and last, Lq < Lk.
+        PlannerCase{"topk_causal_text_end", PlanMode::kTopK, 64, 2000, 2000, true, 200,
+                    TextPosition::kEnd, true},
+        PlannerCase{"threshold_causal_text_start", PlanMode::kThresholdBound, 32, 1500, 1500,
+                    true, 300, TextPosition::kStart},
+        PlannerCase{"topk_text_start_lq_lt_lk", PlanMode::kTopK, 64, 900, 2000, false, 150,
+                    TextPosition::kStart},
+        PlannerCase{"threshold_causal_text_end_lq_lt_lk", PlanMode::kThresholdBound, 128, 700,
+                    1600, true, 100, TextPosition::kEnd, true},
         // Nk = 3000 (not a power of two, > 2048): the sort pads to 4096.
         PlannerCase{"threshold_wide_row", PlanMode::kThresholdBound, 32, 256, 96000},
         PlannerCase{"topk_tiny_row", PlanMode::kTopK, 128, 300, 100}),
@@ -414,6 +424,25 @@ TEST_P(AuxLevels, RoundTripMatchesCpu) {
   got.blocks.poison();
   PSA_EXPECT_OK(plan_from_levels(got.view(), d_levels.view(), k_view, config));
   expect_same_plan(got, want, seed);
+
+  // The same map read through a strided view (storage (B, Hq, Nk, Mq), dims 2 and 3 swapped): a
+  // level map, like q, k and v, may have any strides.
+  const int64_t mq = shape.num_q_blocks, nk = shape.num_k_blocks;
+  HostTensor swapped(DType::kUInt8, {batch, heads_q, nk, mq});
+  for (int64_t bh = 0; bh < batch * heads_q; ++bh) {
+    for (int64_t i = 0; i < mq; ++i) {
+      for (int64_t j = 0; j < nk; ++j) {
+        swapped.set((bh * nk + j) * mq + i, levels.get((bh * mq + i) * nk + j));
+      }
+    }
+  }
+  const DeviceTensor d_swapped(swapped);
+  DevicePlan got_strided = test::make_device_plan(batch, heads_q, seq_q, seq_k, config);
+  got_strided.counts.poison();
+  got_strided.blocks.poison();
+  PSA_EXPECT_OK(plan_from_levels(got_strided.view(), transpose_view(d_swapped.view(), 2, 3),
+                                 k_view, config));
+  expect_same_plan(got_strided, want, seed);
 
   // Back to a level map: the input itself without the cap, the CPU's expansion of its plan with.
   HostTensor want_levels(DType::kUInt8, levels.shape());

@@ -159,8 +159,86 @@ def test_text_blocks_are_full(request):
     q, k, _ = random_qkv(seed, 1, 2, 2, 256, 256, 32)
     config = psa.Config(block_m=64, block_n=32, text_len=40, text_position="start")
     levels = psa.plan(q, k, config).levels
-    # Text tokens [0, 40) lie in key blocks 0 and 1.
+    # Text tokens [0, 40) lie in key blocks 0 and 1 and in query block 0, which sees every block at
+    # level 1.
     assert bool((levels[..., :2] == 1).all()), replay_hint(seed, request)
+    assert bool((levels[:, :, 0] == 1).all()), replay_hint(seed, request)
+    assert not bool((levels[:, :, 1:] == 1).all()), replay_hint(seed, request)
+
+
+def test_text_rows_equal_dense_with_the_question_at_the_end(request):
+    """The transformers integration's case: causal, keep_first_block, the last 32 tokens (the
+    question) at full resolution. A text column is visible only to the text rows, so the rows must
+    be forced too (SPEC 5): they equal dense attention."""
+    seed = seed_from_env(8100)
+    q, k, v = random_qkv(seed, 1, 2, 2, 700, 700, 64)
+    base = psa.default_config().replace(causal=True, keep_first_block=True, text_position="end")
+    out = psa.attention(q, k, v, config=base.replace(text_len=32))
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert rel_l2(out[..., -32:, :], sdpa[..., -32:, :]) < FP32_TOL, replay_hint(seed, request)
+    # Without text the same rows are sparse: the check above is not vacuous.
+    without = psa.attention(q, k, v, config=base)
+    assert rel_l2(without[..., -32:, :], sdpa[..., -32:, :]) > 1e-2, replay_hint(seed, request)
+
+
+def _poison(q, k):
+    """Rows that meet a non-finite logit: q[0, 0, 5, 3] = NaN (every logit NaN) and
+    q[0, 1, 20, 0] = +inf against keys whose dimension 0 is negative (every logit -inf, which must
+    not pass for a row that sees nothing). Returns the (head, row) pairs."""
+    k[..., 0] = -k[..., 0].abs() - 0.1
+    q[0, 0, 5, 3] = float("nan")
+    q[0, 1, 20, 0] = float("inf")
+    return [(0, 5), (1, 20)]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("all_full", [False, True], ids=["default_plan", "all_level_1"])
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_non_finite_query_gives_nan_rows(backend, all_full, causal, request):
+    """A NaN or inf in q gives NaN in its row's output and LSE (as dense attention and SDPA do),
+    never a silent zero row; the other rows stay finite."""
+    seed = seed_from_env(8200)
+    q, k, v = random_qkv(seed, 1, 2, 1, 300, 300, 32)
+    bad = _poison(q, k)
+    config = psa.default_config().replace(causal=causal)
+    if all_full:
+        config = config.replace(ends=(1.0, 1.0, 1.0, 1.0))
+    args = (q, k, v) if backend == "torch" else tuple(t.numpy() for t in (q, k, v))
+    out, lse = psa.attention(*args, config=config, return_lse=True)
+    dense, dense_lse = psa.dense_attention(*args, causal=causal, return_lse=True)
+    out, lse, dense, dense_lse = (torch.as_tensor(t) for t in (out, lse, dense, dense_lse))
+    is_bad = torch.zeros(lse.shape, dtype=torch.bool)
+    for h, i in bad:
+        is_bad[0, h, i] = True
+        assert bool(out[0, h, i].isnan().all()), (h, i, out[0, h, i], replay_hint(seed, request))
+        assert bool(lse[0, h, i].isnan()), (h, i, float(lse[0, h, i]), replay_hint(seed, request))
+        assert bool(dense[0, h, i].isnan().all()) and bool(dense_lse[0, h, i].isnan())
+    assert bool(out[~is_bad].isfinite().all()), replay_hint(seed, request)
+    assert bool(lse[~is_bad].isfinite().all()), replay_hint(seed, request)
+    if all_full:
+        # Every other row is still dense attention. (SDPA on the CPU returns zeros for the row
+        # whose every logit is -inf, as for a fully masked row: the silent answer avoided here.)
+        sdpa = torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=causal)
+        assert rel_l2(out[~is_bad], sdpa[~is_bad]) < FP32_TOL, replay_hint(seed, request)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_non_finite_query_gives_nan_gradients(causal, request):
+    """The backward propagates too: NaN in dq of the poisoned rows and in dk, dv of keys they
+    reach; dq of every other row stays finite."""
+    seed = seed_from_env(8300)
+    q, k, v = random_qkv(seed, 1, 2, 1, 300, 300, 32)
+    bad = _poison(q, k)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    psa.attention(q, k, v, causal=causal).sum().backward()
+    is_bad = torch.zeros(q.shape[:3], dtype=torch.bool)
+    for h, i in bad:
+        is_bad[0, h, i] = True
+        assert bool(q.grad[0, h, i].isnan().all()), (h, i, replay_hint(seed, request))
+    assert bool(q.grad[~is_bad].isfinite().all()), replay_hint(seed, request)
+    # Every row keeps at least one block at level 1 (key block 0 when causal): row 5 reaches it.
+    assert bool(k.grad.isnan().any()) and bool(v.grad.isnan().any()), replay_hint(seed, request)
 
 
 def test_direct_bindings_write_poisoned_outputs(request):

@@ -60,6 +60,37 @@ bool attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n
   return why.empty();
 }
 
+bool device_usable(std::string* reason) {
+  // Every kernel is built for sm_90a, which runs on compute capability 9.0 only.
+  constexpr int kMajor = 9, kMinor = 0;
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) {
+    (void)cudaGetLastError();  // clear it: this check must not fail a later, unrelated call
+    if (reason != nullptr) *reason = std::string("no CUDA device: ") + cudaGetErrorString(error);
+    return false;
+  }
+  std::string found;
+  for (int device = 0; device < count; ++device) {
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+      (void)cudaGetLastError();
+      continue;
+    }
+    if (major == kMajor && minor == kMinor) {
+      if (reason != nullptr) reason->clear();
+      return true;
+    }
+    found += (found.empty() ? "" : ", ") + std::to_string(major) + "." + std::to_string(minor);
+  }
+  if (reason != nullptr) {
+    *reason = "no CUDA device of compute capability 9.0 (Hopper), which psa's kernels need; "
+              "found " + (found.empty() ? std::string("none") : found);
+  }
+  return false;
+}
+
 Status attention_forward(TensorView out, TensorView lse, const TensorView& q, const TensorView& k,
                          const TensorView& v, const PyramidView& pyramid, const PlanView& plan,
                          const Config& config, Stream stream) {

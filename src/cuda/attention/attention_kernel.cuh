@@ -66,11 +66,12 @@ struct AttentionTraits {
   static constexpr int kAlign = 1024;
   // Q is double-buffered: the producer loads the next row's Q while the consumers finish a row.
   static constexpr int kQBuffers = 2;
-  // Tiles, then per stage: column bias and last token (kBlockN each), the tile flags and common
-  // bias (one each per producer warp) and two mbarriers; the Q-buffer mbarriers; the producer's
-  // row addresses (kBlockN x 2 pointers) and one row info per producer warp.
+  // Tiles, then per stage: column bias and last token (kBlockN each), the tile flags, common bias
+  // and earliest last token (one each per producer warp) and two mbarriers; the Q-buffer
+  // mbarriers; the producer's row addresses (kBlockN x 2 pointers) and one row info per producer
+  // warp.
   static constexpr int kSmemBytes = kAlign + kQBuffers * kQBytes + 2 * kStages * kKvBytes +
-                                    kStages * kBlockN * 8 + kStages * 32 + kStages * 16 +
+                                    kStages * kBlockN * 8 + kStages * 48 + kStages * 16 +
                                     kQBuffers * 8 + kBlockN * 16 +
                                     kNumProducerWarps * static_cast<int>(sizeof(AttentionRowInfo));
 
@@ -84,6 +85,9 @@ struct AttentionTraits {
                 "every tile starts on a swizzle-atom boundary");
   static_assert(kSmemBytes <= 227 * 1024, "fits the 227 KiB of shared memory of an sm_90 CTA");
 };
+
+// The earliest last constituent of a tile's (or a row's) units when it has none.
+constexpr int32_t kNoUnit = 0x7fffffff;
 
 template <typename Traits>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
@@ -111,7 +115,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   int32_t* last_smem = reinterpret_cast<int32_t*>(bias_smem + kStages * kBlockN);
   int32_t* mask_smem = last_smem + kStages * kBlockN;
   float* common_bias_smem = reinterpret_cast<float*>(mask_smem + 4 * kStages);
-  uint64_t* full_bar = reinterpret_cast<uint64_t*>(common_bias_smem + 4 * kStages);  // 8-aligned
+  // Per stage and producer warp: the smallest last constituent over the warp's existing rows.
+  int32_t* first_last_smem = reinterpret_cast<int32_t*>(common_bias_smem + 4 * kStages);
+  uint64_t* full_bar = reinterpret_cast<uint64_t*>(first_last_smem + 4 * kStages);  // 8-aligned
   uint64_t* empty_bar = full_bar + kStages;
   uint64_t* q_empty_bar = empty_bar + kStages;
   const char** row_src =
@@ -246,6 +252,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         const float warp_bias = __shfl_sync(0xffffffffu, bias, 0);
         const bool per_column_bias =
             !__all_sync(0xffffffffu, lane >= kWarpRows || (row_exists && bias == warp_bias));
+        // The query rows that see a unit of these rows are those with i + shift >= first_last.
+        const int32_t first_last = __reduce_min_sync(0xffffffffu, row_exists ? last : kNoUnit);
         if (tile_count >= kStages) {
           mbarrier_wait(smem_addr(&empty_bar[stage]), ((tile_count / kStages) + 1) & 1);
         }
@@ -257,6 +265,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
           mask_smem[stage * 4 + producer_warp] =
               (needs_mask ? kTileNeedsMask : 0) | (per_column_bias ? kTileNeedsBias : 0);
           common_bias_smem[stage * 4 + producer_warp] = warp_bias;
+          first_last_smem[stage * 4 + producer_warp] = first_last;
         }
         __syncwarp();
         // Copies: pass i moves rows warp_row0 + i * kRowsPerPass + lane / kChunksPerRow, one
@@ -299,6 +308,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   float acc_s[kSRegs];
   float row_max[2] = {kNegInf, kNegInf};
   float row_sum[2] = {0.0f, 0.0f};
+  // The smallest last constituent over the plan row's units: query i sees a unit iff it is
+  // <= i + shift (causal), or != kNoUnit. Tracked per tile, so the epilogue can tell a row that sees
+  // nothing (O = 0) from one whose every logit is -inf (NaN), with no work per element.
+  int32_t row_first_last = kNoUnit;
 #pragma unroll
   for (int cb = 0; cb < Traits::kColumnBlocks; ++cb) {
 #pragma unroll
@@ -325,6 +338,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     }
     row_max[0] = row_max[1] = kNegInf;
     row_sum[0] = row_sum[1] = 0.0f;
+    row_first_last = kNoUnit;
     const int q_buffer = q_count % Traits::kQBuffers;
     if (num_tiles > 0) ++q_count;
 
@@ -340,6 +354,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       fence_proxy_async();
       const int4 flags = *reinterpret_cast<const int4*>(mask_smem + stage * 4);
       const float4 warp_bias = *reinterpret_cast<const float4*>(common_bias_smem + stage * 4);
+      const int4 first_last = *reinterpret_cast<const int4*>(first_last_smem + stage * 4);
+      row_first_last = min(row_first_last, min(min(first_last.x, first_last.y),
+                                               min(first_last.z, first_last.w)));
       const int tile_flags = flags.x | flags.y | flags.z | flags.w;
       const bool apply_mask = (tile_flags & kTileNeedsMask) != 0;
       // A tile whose columns all carry the same bias b (every row exists, one level, no ragged
@@ -469,7 +486,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       mbarrier_arrive(smem_addr(&q_empty_bar[q_buffer]));
     }
 
-    // Epilogue: O / l in the element type; LSE = ln2 * (max + log2 l); empty rows 0 and -inf.
+    // Epilogue: O / l in the element type; LSE = ln2 * (max + log2 l). A row that sees no unit
+    // gets O = 0 and LSE = -inf. A row that sees one has l >= 1 (its maximum contributes
+    // exp2(0)) unless it met a non-finite logit: NaN (l is NaN), +inf (+inf - +inf is NaN) or
+    // every logit -inf (l = 0). Its O and LSE are then NaN, as dense attention's are.
     char* out_base = static_cast<char*>(params.out) +
                      (batch * params.out_batch_stride + head * params.out_head_stride) * 2;
 #pragma unroll
@@ -477,20 +497,26 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       const float sum = quad_sum(row_sum[half]);
       const int query = q_first + row_in_block + half * 8;
       if (query >= params.seq_q) continue;
-      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      const bool sees_a_unit = params.causal ? row_first_last <= query + causal_shift
+                                             : row_first_last != kNoUnit;
+      const bool finite = sum > 0.0f;  // false for NaN
+      const float inv = sees_a_unit ? (finite ? 1.0f / sum : kNaN) : 0.0f;
       uint32_t* row_ptr = reinterpret_cast<uint32_t*>(out_base + query * params.out_row_stride * 2);
 #pragma unroll
       for (int cb = 0; cb < Traits::kColumnBlocks; ++cb) {
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-          row_ptr[cb * 32 + j * 4 + t4] = pack_pair<Element>(acc_o[cb][j * 4 + 2 * half] * inv,
-                                                             acc_o[cb][j * 4 + 2 * half + 1] * inv);
+          // An empty row's accumulators are 0 unless v holds a non-finite value (0 * inf): write
+          // 0 rather than acc * 0.
+          const float lo = sees_a_unit ? acc_o[cb][j * 4 + 2 * half] * inv : 0.0f;
+          const float hi = sees_a_unit ? acc_o[cb][j * 4 + 2 * half + 1] * inv : 0.0f;
+          row_ptr[cb * 32 + j * 4 + t4] = pack_pair<Element>(lo, hi);
         }
       }
       if (params.lse != nullptr && t4 == 0) {
         params.lse[batch * params.lse_batch_stride + head * params.lse_head_stride +
                    query * params.lse_row_stride] =
-            sum > 0.0f ? (row_max[half] + __log2f(sum)) * kLn2 : kNegInf;
+            !sees_a_unit ? kNegInf : finite ? (row_max[half] + __log2f(sum)) * kLn2 : kNaN;
       }
     }
   }
