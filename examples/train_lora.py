@@ -225,12 +225,15 @@ def build_transformer(args, dtype):
     torch.manual_seed(args.seed)
     with torch.device(args.device):
         transformer = WanTransformer3DModel(**MODELS[args.model])
-    # As from_pretrained(torch_dtype=...) does: all in `dtype` but a few small modules in fp32.
-    # (torch's Module.to: diffusers' own warns about those modules, which are restored next.)
-    torch.nn.Module.to(transformer, dtype)
-    for name, module in transformer.named_modules():
-        if set(name.split(".")) & set(transformer._keep_in_fp32_modules):
-            module.float()
+    # As from_pretrained(torch_dtype=...) does: every weight and buffer in `dtype` but those of
+    # the model's _keep_in_fp32_modules (rotary tables, time embedder, norms), which stay fp32.
+    keep = set(transformer._keep_in_fp32_modules)
+    for module_name, module in transformer.named_modules():
+        for tensors in (module._parameters, module._buffers):
+            for name, tensor in tensors.items():
+                full_name = f"{module_name}.{name}".split(".")
+                if tensor is not None and tensor.is_floating_point() and not keep & set(full_name):
+                    tensor.data = tensor.data.to(dtype)
     return transformer
 
 
