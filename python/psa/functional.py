@@ -252,7 +252,9 @@ def attention(q, k, v, *, config: Optional[Config] = None,
     "Wan2.1_1.3b:psa_balanced" or a psa.Preset; neither = the plug-and-play default). A dense
     preset runs dense attention. `causal` is OR-ed with the config's; `scale` None keeps the
     config's softmax_scale (0 = 1/sqrt(D)). Returns out (B, Hq, Lq, D) in q's dtype, and with
-    return_lse the log-sum-exp (B, Hq, Lq) float32 as well (not differentiable).
+    return_lse the log-sum-exp (B, Hq, Lq) float32 as well (not differentiable). Gradients of q,
+    k, v come from the exact backward; the config's (or plan's) `deterministic` selects bitwise
+    reproducible gradients (the default) or the faster order-dependent accumulation on CUDA.
 
     A preset selector resolves to a Preset cached at import, so it also works inside
     torch.compile(fullgraph=True).
@@ -278,7 +280,7 @@ def attention(q, k, v, *, config: Optional[Config] = None,
         if counts is None:
             counts, blocks = ops.plan(q.detach(), k.detach(), cfg.key, causal, softmax_scale)
         out, lse = ops.attention_forward(q, k, v, counts, blocks, cfg.block_m, cfg.block_n, causal,
-                                         softmax_scale)
+                                         softmax_scale, cfg.deterministic)
     else:
         call_config = cfg
         if causal != cfg.causal or softmax_scale != cfg.softmax_scale:

@@ -8,14 +8,18 @@ stream. Ops:
   psa::plan(q, k, config, causal, softmax_scale) -> (counts, blocks)       estimator + planner
   psa::plan_from_levels(levels, k?, seq_q, seq_k, config) -> (counts, blocks)
   psa::plan_to_levels(counts, blocks, block_m, block_n, seq_q, seq_k) -> levels
-  psa::attention_forward(q, k, v, counts, blocks, block_m, block_n, causal, softmax_scale)
-      -> (out, lse)
+  psa::attention_forward(q, k, v, counts, blocks, block_m, block_n, causal, softmax_scale,
+      deterministic=True) -> (out, lse)
   psa::attention_backward(dout, q, k, v, out, lse, counts, blocks, block_m, block_n, causal,
-      softmax_scale) -> (dq, dk, dv)
+      softmax_scale, deterministic=True) -> (dq, dk, dv)
   psa::dense_attention_forward / psa::dense_attention_backward
 
 Shapes: q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D), counts (B, Hq, Mq, 4) int32, blocks
 (B, Hq, Mq, Nk) int32, levels (B, Hq, Mq, Nk) uint8, lse (B, Hq, Lq) float32.
+
+`deterministic` concerns the backward only (Config.deterministic): True gives bitwise the same
+gradients on every run; False lets the CUDA backward accumulate dK and dV in whatever order its
+blocks finish, which is faster. The forward takes it so that autograd can hand it to the backward.
 """
 
 from __future__ import annotations
@@ -52,13 +56,15 @@ def _native_config(config: str, causal: bool, softmax_scale: float) -> "_C.Nativ
     return native
 
 
-def _call_config(block_m: int, block_n: int, causal: bool, softmax_scale: float):
+def _call_config(block_m: int, block_n: int, causal: bool, softmax_scale: float,
+                 deterministic: bool = True):
     native = _C.NativeConfig()
     native.block_m = block_m
     native.block_n = block_n
     native.tile_n = min(native.tile_n, block_n)
     native.causal = causal
     native.softmax_scale = softmax_scale
+    native.deterministic = deterministic
     return native
 
 
@@ -159,8 +165,8 @@ def _attention_outputs(q: Tensor) -> Tuple[Tensor, Tensor]:
 
 @torch.library.custom_op("psa::attention_forward", mutates_args=())
 def attention_forward(q: Tensor, k: Tensor, v: Tensor, counts: Tensor, blocks: Tensor,
-                      block_m: int, block_n: int, causal: bool,
-                      softmax_scale: float) -> Tuple[Tensor, Tensor]:
+                      block_m: int, block_n: int, causal: bool, softmax_scale: float,
+                      deterministic: bool = True) -> Tuple[Tensor, Tensor]:
     q, k, v = _plain(q), _plain(k), _plain(v)
     out, lse = _attention_outputs(q)
     k_levels, v_levels = build_pyramid(k, v)
@@ -170,53 +176,50 @@ def attention_forward(q: Tensor, k: Tensor, v: Tensor, counts: Tensor, blocks: T
 
 
 @attention_forward.register_fake
-def _(q, k, v, counts, blocks, block_m, block_n, causal, softmax_scale):
+def _(q, k, v, counts, blocks, block_m, block_n, causal, softmax_scale, deterministic=True):
     return _attention_outputs(q)
 
 
 def _gradient_buffers(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    # dq, dk, dv keep the layout of q, k, v (unit stride on the head dim, as the library needs).
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _missing_gpu_backward(error: NotImplementedError, what: str) -> NotImplementedError:
-    return NotImplementedError(
-        f"psa: the GPU backward of {what} is not available in this build, so gradients of CUDA "
-        f"tensors cannot be computed (the CPU backward works: move q, k, v to the CPU). "
-        f"Library said: {error}")
+def _backward_workspace(q: Tensor, nbytes: int) -> Tensor:
+    # Device scratch of the backward (the pyramid, fp32 dK/dV accumulators, row terms; 0 bytes on
+    # the CPU), left uninitialised: the library must not rely on its contents (the tests fill it
+    # with 0xFF bytes, NaN as fp32). One byte at least, so that the buffer always has an address.
+    return q.new_empty((max(nbytes, 1),), dtype=torch.uint8)
 
 
 @torch.library.custom_op("psa::attention_backward", mutates_args=())
 def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                        counts: Tensor, blocks: Tensor, block_m: int, block_n: int, causal: bool,
-                       softmax_scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+                       softmax_scale: float,
+                       deterministic: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    # dout may be an expanded view (out.sum().backward() gives stride 0 everywhere): the library
+    # reads any strides, so it is passed as it is, without a copy.
     dout, q, k, v, out = _plain(dout), _plain(q), _plain(k), _plain(v), _plain(out)
     dq, dk, dv = _gradient_buffers(q, k, v)
-    native = _call_config(block_m, block_n, causal, softmax_scale)
-    workspace = None
-    if q.is_cuda:
-        nbytes = _C.attention_backward_workspace_bytes(dout, q, k, counts, blocks, block_m,
-                                                       block_n, native)
-        workspace = q.new_empty((max(nbytes, 1),), dtype=torch.uint8)
-    try:
-        _C.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, counts, blocks, block_m,
-                              block_n, native, workspace, _stream(q))
-    except NotImplementedError as error:
-        if q.is_cuda:
-            raise _missing_gpu_backward(error, "PSA attention") from None
-        raise
+    config = _call_config(block_m, block_n, causal, softmax_scale, deterministic)
+    workspace = _backward_workspace(q, _C.attention_backward_workspace_bytes(
+        dout, q, k, counts, blocks, block_m, block_n, config))
+    _C.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, counts, blocks, block_m, block_n,
+                          config, workspace, _stream(q))
     return dq, dk, dv
 
 
 @attention_backward.register_fake
-def _(dout, q, k, v, out, lse, counts, blocks, block_m, block_n, causal, softmax_scale):
+def _(dout, q, k, v, out, lse, counts, blocks, block_m, block_n, causal, softmax_scale,
+      deterministic=True):
     return _gradient_buffers(q, k, v)
 
 
 def _setup_attention(ctx, inputs, output):
-    q, k, v, counts, blocks, block_m, block_n, causal, softmax_scale = inputs
+    q, k, v, counts, blocks, block_m, block_n, causal, softmax_scale, deterministic = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, counts, blocks)
-    ctx.params = (block_m, block_n, causal, softmax_scale)
+    ctx.params = (block_m, block_n, causal, softmax_scale, deterministic)
     # The C++ backward takes no gradient for the LSE; it is returned for inspection only.
     ctx.mark_non_differentiable(lse)
 
@@ -225,7 +228,7 @@ def _attention_grad(ctx, dout, dlse):
     del dlse  # non-differentiable output
     q, k, v, out, lse, counts, blocks = ctx.saved_tensors
     dq, dk, dv = attention_backward(dout, q, k, v, out, lse, counts, blocks, *ctx.params)
-    return dq, dk, dv, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 attention_forward.register_autograd(_attention_grad, setup_context=_setup_attention)
@@ -254,13 +257,8 @@ def dense_attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out:
                              softmax_scale: float) -> Tuple[Tensor, Tensor, Tensor]:
     dout, q, k, v, out = _plain(dout), _plain(q), _plain(k), _plain(v), _plain(out)
     dq, dk, dv = _gradient_buffers(q, k, v)
-    try:
-        _C.dense_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal, softmax_scale,
-                                    _stream(q))
-    except NotImplementedError as error:
-        if q.is_cuda:
-            raise _missing_gpu_backward(error, "dense attention") from None
-        raise
+    _C.dense_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal, softmax_scale,
+                                _stream(q))
     return dq, dk, dv
 
 

@@ -24,6 +24,7 @@ def poison_op_outputs(monkeypatch):
     real_gradient_buffers = ops._gradient_buffers
     real_plan_buffers = ops._plan_buffers
     real_levels_buffer = ops._levels_buffer
+    real_backward_workspace = ops._backward_workspace
 
     def attention_outputs(q):
         out, lse = real_attention_outputs(q)
@@ -38,8 +39,22 @@ def poison_op_outputs(monkeypatch):
     def levels_buffer(blocks):
         return real_levels_buffer(blocks).fill_(0x7F)  # 127 is no level
 
+    def backward_workspace(q, nbytes):
+        return real_backward_workspace(q, nbytes).fill_(0xFF)  # NaN as fp32 accumulators
+
     monkeypatch.setattr(ops, "_attention_outputs", attention_outputs)
     monkeypatch.setattr(ops, "_gradient_buffers", gradient_buffers)
     monkeypatch.setattr(ops, "_plan_buffers", plan_buffers)
     monkeypatch.setattr(ops, "_levels_buffer", levels_buffer)
+    monkeypatch.setattr(ops, "_backward_workspace", backward_workspace)
     yield
+
+
+def pytest_collection_modifyitems(items):
+    # Tests skipped without a GPU (helpers.needs_cuda) also carry the `gpu` marker, so that
+    # `pytest -m gpu tests/python` runs exactly them on the GPU machine.
+    for item in items:
+        for mark in item.iter_markers("skipif"):
+            if mark.kwargs.get("reason", "").startswith("needs a CUDA device"):
+                item.add_marker(pytest.mark.gpu)
+                break

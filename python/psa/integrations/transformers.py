@@ -1,21 +1,30 @@
-"""PSA as a transformers attention implementation for causal prefill (Qwen2.5-VL-style LMs).
+"""PSA as a transformers attention implementation for causal prefill and causal-LM training.
 
     import psa.integrations.transformers as psa_tf
-    psa_tf.apply(model)     # or: psa_tf.register(); model.set_attn_implementation("psa")
-    model.generate(**inputs)            # prefill runs PSA, decoding runs SDPA
-    psa_tf.remove(model)                # back to "sdpa"
+    state = psa_tf.apply(model)     # or: psa_tf.register(); model.set_attn_implementation("psa")
+    model.generate(**inputs)        # prefill runs PSA, decoding runs SDPA
+    model(ids, labels=ids).loss.backward()   # training (train mode) runs PSA and its backward
+    psa_tf.remove(model)            # back to "sdpa"
 
 Prefill (more than one query) runs PSA with causal attention (bottom-right aligned, so a prefill
 against a cache works), grouped-query attention without repeating K/V, keep_first_block (the
 attention sink), and the last `text_len` tokens forced full (SPEC.md section 5; pass psa_text_len=N
-to the model's forward to set it per call, e.g. the question after the video tokens). Decode steps
-(one query), padded batches (an explicit mask), sliding-window layers and dropout use the model's
-SDPA path unchanged.
+to the model's forward to set it per call, e.g. the question after the video tokens). The same path
+serves training: train mode changes nothing, gradients of q, k, v come from PSA's exact backward,
+and gradient checkpointing recomputes the same plan. Decode steps (one query), padded batches (an
+explicit mask), sliding-window layers, attention dropout and output_attentions use the model's SDPA
+path unchanged; each such call is counted in the state's fallback_calls, and in train mode the
+first one warns, because a model that trains through SDPA is not training with PSA.
+
+Each model keeps its own config: apply() stores it (a PSAState) on the model's modules, so
+apply(model_a, config=A) then apply(model_b, config=B) leaves model_a on A. register(config) sets
+the config of models switched to "psa" by name without apply().
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import warnings
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -23,8 +32,47 @@ import psa
 from psa.config import Config, Preset, load_preset
 
 NAME = "psa"
+_STATE_ATTR = "_psa_state"
 
-_state = {"config": None, "configs": {}}
+
+class PSAState:
+    """The PSA settings of one model (or of register()'s default) and what its calls did.
+
+    config: the causal-LM config (causal, keep_first_block, text at the end). calls: attention
+    calls PSA ran; fallback_calls: calls handed to SDPA (decode steps, masks, sliding windows,
+    dropout, output_attentions).
+    """
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.calls = 0
+        self.fallback_calls = 0
+        self._warned = False
+        self._configs: Dict[int, Config] = {}
+
+    def config_for(self, text_len: Optional[int]) -> Config:
+        if text_len is None:
+            return self.config
+        config = self._configs.get(text_len)
+        if config is None:
+            config = self.config.replace(text_len=int(text_len))
+            self._configs[text_len] = config
+        return config
+
+    def fell_back(self, module: torch.nn.Module, reason: str) -> None:
+        self.fallback_calls += 1
+        if module.training and not self._warned:
+            self._warned = True
+            warnings.warn(f"psa: a training call of {type(module).__name__} runs SDPA, not PSA "
+                          f"({reason}); see PSAState.fallback_calls", stacklevel=3)
+
+    def __repr__(self) -> str:
+        return (f"PSAState(calls={self.calls}, fallback_calls={self.fallback_calls}, "
+                f"config={self.config})")
+
+
+# The state of models switched to "psa" by name (register() without apply()).
+_default = {"state": None}
 
 
 def _lm_config(config: Optional[Config], preset: Union[None, str, Preset]) -> Config:
@@ -41,13 +89,20 @@ def _lm_config(config: Optional[Config], preset: Union[None, str, Preset]) -> Co
     return config.replace(causal=True, keep_first_block=True, text_position="end")
 
 
-def _config_for(text_len: int) -> Config:
-    configs = _state["configs"]
-    config = configs.get(text_len)
-    if config is None:
-        config = _state["config"].replace(text_len=int(text_len))
-        configs[text_len] = config
-    return config
+def _fallback_reason(query, attention_mask, causal, dropout, kwargs) -> Optional[str]:
+    if query.shape[2] == 1:
+        return "a single query (decode step)"
+    if attention_mask is not None:
+        return "an explicit attention mask (padding)"
+    if not causal:
+        return "non-causal attention"
+    if dropout > 0.0:
+        return f"attention dropout {dropout}"
+    if kwargs.get("sliding_window") is not None:
+        return "a sliding window"
+    if kwargs.get("output_attentions", False):
+        return "output_attentions"
+    return None
 
 
 def psa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -60,37 +115,58 @@ def psa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     text_len = kwargs.pop("psa_text_len", None)
-    if (query.shape[2] == 1 or attention_mask is not None or not causal or dropout > 0.0
-            or kwargs.get("sliding_window") is not None or _state["config"] is None
-            or kwargs.get("output_attentions", False)):
+    state = getattr(module, _STATE_ATTR, None) or _default["state"]
+    reason = _fallback_reason(query, attention_mask, causal, dropout, kwargs)
+    if state is None or reason is not None:
+        if state is not None:
+            state.fell_back(module, reason)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
-    config = _config_for(_state["config"].text_len if text_len is None else text_len)
-    out = psa.attention(query, key, value, config=config, causal=True, scale=scaling)
+    state.calls += 1
+    out = psa.attention(query, key, value, config=state.config_for(text_len), causal=True,
+                        scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
 def register(config: Optional[Config] = None, *,
              preset: Union[None, str, Preset] = None) -> str:
     """Registers "psa" as an attention implementation (and its mask function, SDPA's, so that a
-    padded batch gets an explicit mask and falls back to SDPA). Returns the name."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    _state["config"] = _lm_config(config, preset)
-    _state["configs"] = {}
-    AttentionInterface.register(NAME, psa_attention_forward)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    padded batch gets an explicit mask and falls back to SDPA). `config` (or `preset`) becomes the
+    config of models switched to "psa" without apply(); models passed to apply() keep their own.
+    Returns the name."""
+    _default["state"] = PSAState(_lm_config(config, preset))
+    _register_function()
     return NAME
 
 
+def _register_function() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, psa_attention_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
 def apply(model, config: Optional[Config] = None, *,
-          preset: Union[None, str, Preset] = None) -> None:
-    """Registers PSA and switches `model` to it."""
-    register(config, preset=preset)
+          preset: Union[None, str, Preset] = None) -> PSAState:
+    """Switches `model` to PSA with its own config (other models keep theirs). Returns the
+    model's PSAState (its config and call counts)."""
+    state = PSAState(_lm_config(config, preset))
+    _register_function()
+    for module in model.modules():
+        setattr(module, _STATE_ATTR, state)
     model.set_attn_implementation(NAME)
+    return state
+
+
+def state_of(model) -> Optional[PSAState]:
+    """The PSAState apply() gave `model`, or None."""
+    return getattr(model, _STATE_ATTR, None)
 
 
 def remove(model, implementation: str = "sdpa") -> None:
-    """Switches `model` back to `implementation`."""
+    """Switches `model` back to `implementation` and forgets its PSA config."""
     model.set_attn_implementation(implementation)
+    for module in model.modules():
+        if _STATE_ATTR in module.__dict__:
+            delattr(module, _STATE_ATTR)
