@@ -93,7 +93,8 @@ def parse_args(argv=None):
                         help="psa: PSA in every block's self-attention; dense: the model as is")
     parser.add_argument("--preset", default=None,
                         help="PSA preset (default Wan2.1_1.3b:psa_balanced; the tiny model uses "
-                             "a config for its short sequences)")
+                             "a config for its short sequences); 'default' is the plug-and-play "
+                             "topk configuration")
     parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                         help="bitwise reproducible PSA gradients (default); --no-deterministic "
                              "lets the CUDA backward accumulate in any order, which is faster")
@@ -254,6 +255,11 @@ def apply_psa(transformer, args):
     if args.preset is None and args.model == "tiny":
         config = TINY_CONFIG.replace(deterministic=args.deterministic)
         return psa_diffusers.apply(transformer, config=config)
+    if args.preset == "default":
+        # The plug-and-play topk configuration (FLOP density 0.15 whatever the inputs): the one
+        # to time with random weights, where a thresholdbound preset keeps most blocks.
+        config = psa.default_config().replace(deterministic=args.deterministic)
+        return psa_diffusers.apply(transformer, config=config, warmup_steps=0)
     preset = psa.load_preset(args.preset or "Wan2.1_1.3b:psa_balanced")
     preset = dataclasses.replace(preset,
                                  config=preset.config.replace(deterministic=args.deterministic))

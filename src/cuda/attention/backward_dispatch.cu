@@ -34,6 +34,13 @@ constexpr double kLog2e = 1.4426950408889634;
 constexpr float kInf = __builtin_huge_valf();
 constexpr size_t kWorkspaceAlignment = 256;
 constexpr int kRowTermsWarps = 8;  // rows (one warp each) per block of the row-terms kernel
+// Deterministic mode: copies of the accumulators that consecutive ranks alternate between, and
+// the most kv groups handed out side by side (BackwardParams::lanes, interleave). Measured on an
+// H200 (structured inputs, default plan, backward ms, order-dependent / lanes x groups 1x4, 2x4,
+// 1xall, 2xall): Wan2.1 1.3B 9.9 / 15.4, 14.9, 14.3, 15.4; CogVideoX-like with 12 heads
+// 1.9 / 5.0, 4.0, 2.7, 2.8; Qwen2.5-VL-like causal prefill (4 kv heads) 3.2 / 14.1, 8.2, -, 8.1.
+constexpr int kLanes = 2;
+constexpr int kMaxInterleave = 64;
 constexpr int kThreads = 256;
 
 size_t align_up(size_t x) {
@@ -46,6 +53,7 @@ struct BackwardLayout {
   int64_t level_offset[kAttentionLevels] = {};  // elements, inside each accumulator region
   int64_t acc_elements = 0;                     // of one region (dK or dV)
   int64_t row_terms_stride = 0;                 // Mq * block_m
+  int lanes = 1;                                // copies of each accumulator region
   bool pack_dout = false;
   bool deterministic = false;
   size_t pyramid_k[kNumPooledLevels] = {}, pyramid_v[kNumPooledLevels] = {};
@@ -77,20 +85,21 @@ BackwardLayout backward_layout(const TensorView& dout, const TensorView& q, cons
     w.pyramid_k[l] = take(bytes);
     w.pyramid_v[l] = take(bytes);
   }
-  w.dk_acc = take(static_cast<size_t>(w.acc_elements) * sizeof(float));
-  w.dv_acc = take(static_cast<size_t>(w.acc_elements) * sizeof(float));
+  w.deterministic = config.deterministic;
+  w.lanes = w.deterministic ? kLanes : 1;
+  w.dk_acc = take(static_cast<size_t>(w.acc_elements * w.lanes) * sizeof(float));
+  w.dv_acc = take(static_cast<size_t>(w.acc_elements * w.lanes) * sizeof(float));
   w.row_terms_stride = num_q_blocks * plan.block_m;
   const size_t row_terms = static_cast<size_t>(batch * heads_q * w.row_terms_stride) * sizeof(float);
   w.lse2 = take(row_terms);
   w.delta = take(row_terms);
   w.pack_dout = !check_rows_aligned(dout, "dout").ok();
   if (w.pack_dout) w.dout = take(static_cast<size_t>(batch * heads_q * seq_q * dim) * element);
-  w.deterministic = config.deterministic;
   if (w.deterministic) {
     w.order = take(static_cast<size_t>(batch * heads_q * num_q_blocks * num_k_blocks) *
                    sizeof(int32_t));
-    const size_t units =
-        static_cast<size_t>(batch * heads_kv * kAttentionLevels * num_k_blocks) * sizeof(int32_t);
+    const size_t units = static_cast<size_t>(batch * heads_kv * kAttentionLevels * num_k_blocks *
+                                             w.lanes) * sizeof(int32_t);
     w.sem_k = take(units);
     w.sem_v = take(units);
   }
@@ -201,7 +210,9 @@ __global__ void __launch_bounds__(kThreads) order_ranks_kernel(OrderParams p) {
 // ---- Finalise ----------------------------------------------------------------------------------
 
 struct FinalizeParams {
-  const float* acc[2];  // dK, dV regions
+  const float* acc[2];  // dK, dV regions, `lanes` copies each, lane_stride elements apart
+  int lanes;
+  int64_t lane_stride;
   void* out[2];         // dk, dv
   int64_t out_stride[2][4];
   int64_t level_offset[kAttentionLevels];
@@ -221,15 +232,21 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(FinalizeParams p) {
   const int64_t d = (index % quads) * 4;
   const int64_t t = (index / quads) % p.seq;
   const int64_t bh = index / (quads * p.seq);
-  const float* acc = p.acc[which];
-  float4 sum = *reinterpret_cast<const float4*>(acc + p.level_offset[0] +
-                                                (bh * p.level_length[0] + t) * p.dim + d);
+  float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-  for (int l = 1; l < kAttentionLevels; ++l) {
+  for (int l = 0; l < kAttentionLevels; ++l) {
     const int64_t pooled = t >> l;
     const float inv = 1.0f / static_cast<float>(detail::pooled_count(p.seq, int64_t{1} << l, pooled));
-    const float4 x = *reinterpret_cast<const float4*>(
-        acc + p.level_offset[l] + (bh * p.level_length[l] + pooled) * p.dim + d);
+    const float* acc = p.acc[which] + p.level_offset[l] + (bh * p.level_length[l] + pooled) * p.dim + d;
+    // The lanes in order, then the levels in order: a fixed summation order.
+    float4 x = *reinterpret_cast<const float4*>(acc);
+    for (int lane = 1; lane < p.lanes; ++lane) {
+      const float4 y = *reinterpret_cast<const float4*>(acc + lane * p.lane_stride);
+      x.x += y.x;
+      x.y += y.y;
+      x.z += y.z;
+      x.w += y.w;
+    }
     sum.x += x.x * inv;
     sum.y += x.y * inv;
     sum.z += x.z * inv;
@@ -344,7 +361,7 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
   PSA_RETURN_IF_ERROR(cuda::build_pyramid(pyramid, k, v, stream));
 
   // 2. Zeroed accumulators and counters (the order map starts at -1).
-  const size_t acc_bytes = static_cast<size_t>(w.acc_elements) * sizeof(float);
+  const size_t acc_bytes = static_cast<size_t>(w.acc_elements * w.lanes) * sizeof(float);
   PSA_RETURN_IF_ERROR(cuda_check(cudaMemsetAsync(base + w.dk_acc, 0, acc_bytes, s), "cudaMemsetAsync"));
   PSA_RETURN_IF_ERROR(cuda_check(cudaMemsetAsync(base + w.dv_acc, 0, acc_bytes, s), "cudaMemsetAsync"));
   PSA_RETURN_IF_ERROR(
@@ -390,7 +407,8 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
     PSA_RETURN_IF_ERROR(cuda_check(
         cudaMemsetAsync(op.order, 0xFF, static_cast<size_t>(entries) * sizeof(int32_t), s),
         "cudaMemsetAsync"));
-    const size_t unit_bytes = static_cast<size_t>(units * kAttentionLevels) * sizeof(int32_t);
+    const size_t unit_bytes =
+        static_cast<size_t>(units * kAttentionLevels * w.lanes) * sizeof(int32_t);
     PSA_RETURN_IF_ERROR(cuda_check(cudaMemsetAsync(base + w.sem_k, 0, unit_bytes, s), "cudaMemsetAsync"));
     PSA_RETURN_IF_ERROR(cuda_check(cudaMemsetAsync(base + w.sem_v, 0, unit_bytes, s), "cudaMemsetAsync"));
     if (entries > 0) {
@@ -400,9 +418,17 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
       PSA_RETURN_IF_ERROR(check_launch("order_ranks_kernel"));
     }
     p.order = op.order;
-    // Four kv groups side by side when the heads allow it: Wan2.1 1.3B at 480p keeps ~132 rows in
-    // flight, 33 per group instead of 132 in one.
-    p.interleave = heads_kv % 4 == 0 ? 4 : heads_kv % 2 == 0 ? 2 : 1;
+    // Up to kMaxInterleave kv groups side by side (the largest count that divides Hkv): Wan2.1
+    // 1.3B at 480p keeps ~132 rows in flight, 11 per head instead of 132 in one.
+    p.interleave = 1;
+    for (int f = kMaxInterleave; f > 1; --f) {
+      if (heads_kv % f == 0) {
+        p.interleave = f;
+        break;
+      }
+    }
+    p.lanes = w.lanes;
+    p.lane_stride = w.acc_elements;
     p.sem_k = reinterpret_cast<int32_t*>(base + w.sem_k);
     p.sem_v = reinterpret_cast<int32_t*>(base + w.sem_v);
   }
@@ -469,6 +495,8 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
   FinalizeParams f{};
   f.acc[0] = p.dk_acc;
   f.acc[1] = p.dv_acc;
+  f.lanes = w.lanes;
+  f.lane_stride = w.acc_elements;
   f.out[0] = dk.data;
   f.out[1] = dv.data;
   for (int d = 0; d < 4; ++d) {

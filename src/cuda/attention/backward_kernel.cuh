@@ -157,12 +157,12 @@ __device__ __forceinline__ int dispatch_row(const BackwardParams& p, int k) {
   return (batch * p.heads_q + head) * p.num_q_blocks + q_block;
 }
 
-// Releases the previous tile's piece: every thread of the warpgroup fences its reductions, then
-// the slot owner advances the counter.
+// Releases the previous tile's piece: every thread of the warpgroup has fenced its reductions
+// (the kernel does so while the tile's S and dP products run), then the slot owner advances the
+// counter.
 __device__ __forceinline__ void release_pending(OrderedSlot& slot, int32_t* counters,
                                                 int barrier_id) {
   using namespace detail_attention;
-  fence_acq_rel_gpu();
   named_barrier_sync(barrier_id, 128);
   if (slot.pending >= 0) red_add_relaxed_gpu(counters + slot.pending, 1);
   slot.pending = -1;
@@ -366,6 +366,15 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
             const int j = __ldg(block_list + info.list_offset[level] + (rel >> seg_shift));
             if (j >= 0 && j < params.num_k_blocks) {
               const int64_t p = (static_cast<int64_t>(j) << seg_shift) + in_unit;
+              // Deterministic mode: the row's rank among the unit's rows picks its lane (a copy
+              // of the accumulators) and the count of earlier pieces in that lane.
+              int rank = -1;
+              if (ordered) {
+                const int entry = __ldg(order_row + j);
+                if (entry >= 0 && (entry & 3) == level) rank = entry >> 2;
+              }
+              const int64_t lane_offset =
+                  rank > 0 ? static_cast<int64_t>(rank % params.lanes) * params.lane_stride : 0;
               if (p < info.level_length[level]) {
                 k_src = info.k_base[level] + p * info.k_row_bytes[level];
                 v_src = info.v_base[level] + p * info.v_row_bytes[level];
@@ -375,18 +384,15 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                     psa::detail::pooled_count(params.seq_k, 1 << level, p)));
                 last = static_cast<int32_t>(last_token);
                 needs_mask = last_token > q_first + causal_shift;
-                acc_row = info.acc_base[level] + p * kHeadDim;
+                acc_row = lane_offset + info.acc_base[level] + p * kHeadDim;
               }
               // A piece of unit (batch, kv head, level, j) starts here: its first row, or the
               // first row of a tile that continues it (a 128-row level-1 block spans two tiles).
-              if (ordered && (in_unit == 0 || row == 0)) {
-                const int entry = __ldg(order_row + j);
-                if (entry >= 0 && (entry & 3) == level) {
-                  const int pieces = max(1, (params.block_n >> level) / kBlockN);
-                  slot_unit = ((batch * params.heads_kv + head_kv) * kAttentionLevels + level) *
-                                  params.num_k_blocks + j;
-                  slot_target = (entry >> 2) * pieces;
-                }
+              if (rank >= 0 && (in_unit == 0 || row == 0)) {
+                const int pieces = max(1, (params.block_n >> level) / kBlockN);
+                slot_unit = (((batch * params.heads_kv + head_kv) * kAttentionLevels + level) *
+                                 params.num_k_blocks + j) * params.lanes + rank % params.lanes;
+                slot_target = (rank / params.lanes) * pieces;
               }
             }
           }
@@ -528,6 +534,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         }
       }
       wgmma_commit();
+      // Deterministic mode: the previous tile's reductions are ordered before its release (in
+      // this tile's flush) by a fence that waits for them while the tensor cores work.
+      if (ordered) fence_acq_rel_gpu();
       wgmma_wait<0>();
       fence_registers(acc_s);
       fence_registers(acc_dp);
@@ -685,6 +694,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     }
   }
   if (ordered) {
+    fence_acq_rel_gpu();
     release_pending(slot, counters, kWarpgroupBarrier + warpgroup);
     if constexpr (Traits::kNumConsumers == 1) {
       release_pending(slot_dk, params.sem_k, kWarpgroupBarrier + warpgroup);

@@ -49,12 +49,18 @@ struct BackwardParams {
   // Deterministic accumulation (null when config.deterministic is false). order (B, Hq, Mq, Nk):
   // for row R and key block J, (rank << 2) | level index, where rank counts the rows before R in
   // R's kv group (row order) that attend J at that level; -1 when R does not attend J. A unit
-  // (batch, kv head, level, J) has one counter per accumulated product in sem_k / sem_v
-  // ((B, Hkv, 4, Nk) int32, zeroed), advanced once per tile that touches the unit; a tile adds
-  // its share only when every earlier row has added all of its own.
+  // (batch, kv head, level, J) has counters per accumulated product in sem_k / sem_v
+  // ((B, Hkv, 4, Nk, lanes) int32, zeroed), advanced once per tile that touches the unit; a tile
+  // adds its share only when every earlier row of its lane has added all of its own.
   const int32_t* order = nullptr;
   int32_t* sem_k = nullptr;
   int32_t* sem_v = nullptr;
+  // Deterministic mode spreads consecutive ranks over `lanes` copies of the accumulators (rank r
+  // adds to copy r % lanes, after ranks r - lanes, r - 2 lanes, ...), lane_stride elements apart,
+  // so that rows in flight together rarely wait on one another; the copies are summed in lane
+  // order when dK and dV are finalised. The counters are per (unit, lane).
+  int lanes = 1;
+  int64_t lane_stride = 0;
 
   // Rows are handed out in order by this zeroed counter, so that a row is only waited on by rows
   // that were handed out after it (the ordered accumulation cannot deadlock). With order set,
