@@ -326,14 +326,11 @@ TEST_P(CudaAttentionNonFinite, GivesNanRowsAndKeepsEmptyRowsZero) {
   const HostPlan plan = plan_from_level_map(levels, c);
   HostPyramid pyramid = make_host_pyramid(c.batch, c.heads_kv, c.seq_k, c.head_dim, c.dtype);
   ASSERT_TRUE(build_pyramid(pyramid.view(), clean.k.view(), clean.v.view()).ok());
+  // The CPU reference in the inputs' own dtype: only where it is finite, NaN or empty matters.
   const CpuResult ref = cpu_attention(poisoned.q, poisoned.k, poisoned.v, pyramid, plan, config,
-                                      DType::kFloat32);
+                                      c.dtype);
 
-  DevicePyramid dev_pyramid;
-  for (int l = 0; l < kNumPooledLevels; ++l) {
-    dev_pyramid.k[l] = DeviceTensor(pyramid.k[l]);
-    dev_pyramid.v[l] = DeviceTensor(pyramid.v[l]);
-  }
+  const DevicePyramid dev_pyramid = upload_pyramid(pyramid);
   const DevicePlan dev_plan = upload_plan(plan);
   const DeviceTensor k(clean.k), v(clean.v);
   auto run = [&](const HostTensor& q_host, HostTensor* out_host, HostTensor* lse_host) {
