@@ -483,9 +483,10 @@ void bind_workload(nb::module_& m) {
         spec.text_position = text_position;
         spec.seed = seed;
         const int64_t seq = text_len + frames * height * width;
-        if (qv.shape[2] != seq || kv.shape[2] != seq || vv.shape[2] != seq ||
-            kv.shape[0] != spec.batch || vv.shape[1] != kv.shape[1] || kv.shape[3] != spec.head_dim ||
-            vv.shape[3] != spec.head_dim || vv.shape[0] != spec.batch) {
+        const bool kv_match = kv.shape[0] == spec.batch && vv.shape[0] == spec.batch &&
+                              vv.shape[1] == kv.shape[1] && kv.shape[3] == spec.head_dim &&
+                              vv.shape[3] == spec.head_dim;
+        if (qv.shape[2] != seq || kv.shape[2] != seq || vv.shape[2] != seq || !kv_match) {
           throw_value_error("q must be (B, H, L, D) and k, v (B, Hkv, L, D) with L = text_len + "
                             "frames * height * width = " + std::to_string(seq) + ", got q " +
                             shape_string(qv) + ", k " + shape_string(kv) + ", v " +

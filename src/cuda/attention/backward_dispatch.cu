@@ -81,7 +81,8 @@ BackwardLayout backward_layout(const TensorView& dout, const TensorView& q, cons
     w.acc_elements += batch * heads_kv * w.level_length[l] * dim;
   }
   for (int l = 0; l < kNumPooledLevels; ++l) {
-    const size_t bytes = static_cast<size_t>(batch * heads_kv * w.level_length[l + 1] * dim) * element;
+    const size_t bytes =
+        static_cast<size_t>(batch * heads_kv * w.level_length[l + 1] * dim) * element;
     w.pyramid_k[l] = take(bytes);
     w.pyramid_v[l] = take(bytes);
   }
@@ -90,7 +91,8 @@ BackwardLayout backward_layout(const TensorView& dout, const TensorView& q, cons
   w.dk_acc = take(static_cast<size_t>(w.acc_elements * w.lanes) * sizeof(float));
   w.dv_acc = take(static_cast<size_t>(w.acc_elements * w.lanes) * sizeof(float));
   w.row_terms_stride = num_q_blocks * plan.block_m;
-  const size_t row_terms = static_cast<size_t>(batch * heads_q * w.row_terms_stride) * sizeof(float);
+  const size_t row_terms =
+      static_cast<size_t>(batch * heads_q * w.row_terms_stride) * sizeof(float);
   w.lse2 = take(row_terms);
   w.delta = take(row_terms);
   w.pack_dout = !check_rows_aligned(dout, "dout").ok();
@@ -177,7 +179,8 @@ __global__ void __launch_bounds__(kThreads) order_levels_kernel(OrderParams p) {
   const int64_t row = index / nk, e = index % nk;
   int64_t used = 0;
   for (int l = 0; l < kAttentionLevels; ++l) {
-    const int64_t c = detail::max64(0, detail::min64(p.counts[row * kAttentionLevels + l], nk - used));
+    const int64_t c =
+        detail::max64(0, detail::min64(p.counts[row * kAttentionLevels + l], nk - used));
     if (e < used + c) {
       const int32_t j = p.blocks[row * nk + e];
       if (j >= 0 && j < nk) p.order[row * nk + j] = l;
@@ -236,8 +239,10 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(FinalizeParams p) {
 #pragma unroll
   for (int l = 0; l < kAttentionLevels; ++l) {
     const int64_t pooled = t >> l;
-    const float inv = 1.0f / static_cast<float>(detail::pooled_count(p.seq, int64_t{1} << l, pooled));
-    const float* acc = p.acc[which] + p.level_offset[l] + (bh * p.level_length[l] + pooled) * p.dim + d;
+    const float inv =
+        1.0f / static_cast<float>(detail::pooled_count(p.seq, int64_t{1} << l, pooled));
+    const float* acc =
+        p.acc[which] + p.level_offset[l] + (bh * p.level_length[l] + pooled) * p.dim + d;
     // The lanes in order, then the levels in order: a fixed summation order.
     float4 x = *reinterpret_cast<const float4*>(acc);
     for (int lane = 1; lane < p.lanes; ++lane) {
@@ -340,7 +345,8 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
   const int64_t num_k_blocks = detail::ceil_div(seq_k, plan.block_n);
   if (batch * heads_q * num_q_blocks > std::numeric_limits<int32_t>::max() ||
       seq_q > std::numeric_limits<int32_t>::max() || seq_k > std::numeric_limits<int32_t>::max()) {
-    return unsupported("attention_backward on CUDA: B * Hq * Mq, Lq and Lk must fit in int32, got " +
+    return unsupported("attention_backward on CUDA: B * Hq * Mq, Lq and Lk must fit in int32, "
+                       "got " +
                        shape_string(q) + " and " + shape_string(k));
   }
 
@@ -362,8 +368,10 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
 
   // 2. Zeroed accumulators and counters (the order map starts at -1).
   const size_t acc_bytes = static_cast<size_t>(w.acc_elements * w.lanes) * sizeof(float);
-  PSA_RETURN_IF_ERROR(cuda_check(cudaMemsetAsync(base + w.dk_acc, 0, acc_bytes, s), "cudaMemsetAsync"));
-  PSA_RETURN_IF_ERROR(cuda_check(cudaMemsetAsync(base + w.dv_acc, 0, acc_bytes, s), "cudaMemsetAsync"));
+  for (const size_t region : {w.dk_acc, w.dv_acc}) {
+    PSA_RETURN_IF_ERROR(
+        cuda_check(cudaMemsetAsync(base + region, 0, acc_bytes, s), "cudaMemsetAsync"));
+  }
   PSA_RETURN_IF_ERROR(
       cuda_check(cudaMemsetAsync(base + w.counter, 0, sizeof(int32_t), s), "cudaMemsetAsync"));
 
@@ -385,7 +393,8 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
   rt.padded = w.row_terms_stride;
   rt.dim = head_dim;
   rt.rows = batch * heads_q * w.row_terms_stride;
-  PSA_RETURN_IF_ERROR(bf16 ? launch_row_terms<__nv_bfloat16>(rt, s) : launch_row_terms<__half>(rt, s));
+  PSA_RETURN_IF_ERROR(bf16 ? launch_row_terms<__nv_bfloat16>(rt, s)
+                           : launch_row_terms<__half>(rt, s));
 
   // 4. The accumulation order.
   BackwardParams p;
@@ -409,8 +418,10 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
         "cudaMemsetAsync"));
     const size_t unit_bytes =
         static_cast<size_t>(units * kAttentionLevels * w.lanes) * sizeof(int32_t);
-    PSA_RETURN_IF_ERROR(cuda_check(cudaMemsetAsync(base + w.sem_k, 0, unit_bytes, s), "cudaMemsetAsync"));
-    PSA_RETURN_IF_ERROR(cuda_check(cudaMemsetAsync(base + w.sem_v, 0, unit_bytes, s), "cudaMemsetAsync"));
+    for (const size_t counters : {w.sem_k, w.sem_v}) {
+      PSA_RETURN_IF_ERROR(
+          cuda_check(cudaMemsetAsync(base + counters, 0, unit_bytes, s), "cudaMemsetAsync"));
+    }
     if (entries > 0) {
       order_levels_kernel<<<blocks_for(entries, kThreads), kThreads, 0, s>>>(op);
       PSA_RETURN_IF_ERROR(check_launch("order_levels_kernel"));
