@@ -33,7 +33,7 @@ Status fill_density(PresetRow* row, Inputs* inputs, const PresetsOptions& option
                                                      options.problem.shape[2];
   if (m.config.mode == PlanMode::kTopK) {
     const int64_t nk = (seq + m.config.block_n - 1) / m.config.block_n;
-    row->density = topk_row_density(m.config, nk);
+    PSA_RETURN_IF_ERROR(topk_row_density(&row->density, m.config, nk));
     row->how = "topk";
     return Status();
   }
