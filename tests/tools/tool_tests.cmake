@@ -50,3 +50,8 @@ if(NOT PSA_WITH_CUDA)
   psa_tool_test(cuda_not_built ARGS run --device cuda
     CHECK -DEXPECT_EXIT=2 "-DEXPECT_STDERR=built without the CUDA backend")
 endif()
+
+# Equal density means equal: binary block-sparse gets PSA's density with the text blocks counted.
+psa_tool_test(run_text_equal_density
+  ARGS run --preset CogVideo_5b:psa_balanced --text 226 --shape 4,16,16 --no-recall --json
+  CHECK -DEXPECT_EXIT=0 "-DEXPECT_STDOUT=\"binary_equal_density\": true")
