@@ -34,6 +34,23 @@ Status parse_shape(std::array<int64_t, 3>* shape, const std::string& text) {
   return Status();
 }
 
+Status check_sequence_length(const ProblemOptions& options) {
+  constexpr int64_t kMaxSequence = (int64_t{1} << 31) - 1;
+  const auto& s = options.shape;
+  int64_t plane = 0, video = 0, total = 0;
+  const bool overflow = __builtin_mul_overflow(s[1], s[2], &plane) ||
+                        __builtin_mul_overflow(plane, s[0], &video) ||
+                        __builtin_add_overflow(video, options.text_len, &total);
+  if (overflow || total > kMaxSequence) {
+    return invalid_argument(
+        "--shape " + std::to_string(s[0]) + "," + std::to_string(s[1]) + "," +
+        std::to_string(s[2]) + " with --text " + std::to_string(options.text_len) + " gives " +
+        (overflow ? std::string("more than 2^63") : "L = " + std::to_string(total)) +
+        " tokens; psa attends at most 2^31 - 1 = " + std::to_string(kMaxSequence));
+  }
+  return Status();
+}
+
 Status load_presets(PresetLibrary* library, const std::string& presets_file) {
   if (presets_file.empty()) return PresetLibrary::load_builtin(library);
   return PresetLibrary::load_file(library, presets_file);
@@ -57,12 +74,18 @@ Method default_method() {
 }
 
 Status resolve_method(Method* method, const ProblemOptions& options) {
-  if (options.preset.empty()) {
+  if (options.preset.empty() && options.presets_file.empty()) {
     *method = default_method();
     return Status();
   }
+  // A file given is read even without --preset, so that a path that cannot be read says so.
   PresetLibrary library;
   PSA_RETURN_IF_ERROR(load_presets(&library, options.presets_file));
+  if (options.preset.empty()) {
+    return invalid_argument("--presets-file " + options.presets_file +
+                            " needs --preset model:name to choose one of its presets (psa "
+                            "presets --presets-file " + options.presets_file + " lists them)");
+  }
   const Preset* preset = nullptr;
   PSA_RETURN_IF_ERROR(library.find(&preset, options.preset));
   *method = method_from_preset(*preset);

@@ -26,6 +26,8 @@ struct ProblemOptions {
 
 // Parses "T,H,W" (three positive integers) into `shape`.
 Status parse_shape(std::array<int64_t, 3>* shape, const std::string& text);
+// The sequence L = text_len + T*H*W must fit the library's 32-bit row indices (2^31 - 1).
+Status check_sequence_length(const ProblemOptions& options);
 
 // The attention method a preset selects, with the workload's text tokens filled in.
 struct Method {
