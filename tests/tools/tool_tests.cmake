@@ -94,3 +94,12 @@ if(NOT CMAKE_CXX_FLAGS MATCHES "-fsanitize=[^ ]*address")
     CHECK -DEXPECT_EXIT=1 "-DEXPECT_STDERR=out of memory")
 endif()
 
+# docs/cli.md's examples are the tool's output (scripts/cli_docs.py; the target cli_docs
+# rewrites them). Label `docs`: the full-size examples take a few seconds in a release build.
+find_package(Python3 COMPONENTS Interpreter)
+if(Python3_Interpreter_FOUND)
+  add_test(NAME tool.cli_doc
+    COMMAND Python3::Interpreter ${PROJECT_SOURCE_DIR}/scripts/cli_docs.py --check
+            --tool $<TARGET_FILE:psa_tool> ${PROJECT_SOURCE_DIR}/docs/cli.md)
+  set_tests_properties(tool.cli_doc PROPERTIES LABELS "tool;docs" TIMEOUT 300)
+endif()
