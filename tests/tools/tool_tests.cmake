@@ -60,6 +60,15 @@ endif()
 psa_tool_test(run_text_equal_density
   ARGS run --preset CogVideo_5b:psa_balanced --text 226 --shape 4,16,16 --no-recall --json
   CHECK -DEXPECT_EXIT=0 "-DEXPECT_STDOUT=\"binary_equal_density\": true")
+if(PSA_WITH_CUDA)
+  # The same search with plans made on the GPU; skipped where the build has CUDA but no device.
+  psa_tool_test(run_text_equal_density_cuda
+    ARGS run --device cuda --preset CogVideo_5b:psa_balanced --text 226 --shape 4,16,16
+         --no-recall --json
+    CHECK -DEXPECT_EXIT=0 "-DEXPECT_STDOUT=\"binary_equal_density\": true" -DSKIP_IF_NO_GPU=ON)
+  set_tests_properties(tool.run_text_equal_density_cuda PROPERTIES
+    SKIP_REGULAR_EXPRESSION "skipped: no usable CUDA device")
+endif()
 
 # Hostile command lines (issue 11): each fails with a plain message naming the option.
 psa_tool_test(presets_file_missing HOSTILE ARGS run --presets-file @OUT@/missing.yaml
