@@ -433,6 +433,12 @@ Status read_model(ModelPresets* model, const Reader& r, const Entry& entry) {
   static const std::vector<std::string> kKeys = {"default_attention", "video_scale",
                                                  "text_length", "attention_configs"};
   const std::string& path = entry.key;
+  // find() splits a selector "model:name" at its first ':', so such a model could not be chosen.
+  if (entry.key.find(':') != std::string::npos) {
+    return r.error(entry.key_node.Mark(), path,
+                   "a model name must not contain ':' (it separates model and preset in "
+                   "\"model:name\")");
+  }
   std::vector<Entry> entries;
   PSA_RETURN_IF_ERROR(r.entries(&entries, entry.value, entry.mark(), path, &kKeys));
   model->model = entry.key;

@@ -390,6 +390,12 @@ TEST(Presets, BadStringsAreRejected) {
        "      warmup_steps:\n      mask_mode: topk\n",
        6, "M.attention_configs.p.warmup_steps", "got nothing"},
       {"not_a_map.yaml", "- Wan2.1_14b\n- CogVideo_5b\n", 1, "", "expected a mapping"},
+      // Found by the preset fuzzer: "model:name" selects a preset, so the presets of a model
+      // named "a:b" could never be found.
+      {"colon_model.yaml",
+       "M:\n  default_attention: p\n  attention_configs:\n    p:\n      type: dense\n"
+       "Wan:2.1:\n  default_attention: p\n  attention_configs:\n    p:\n      type: dense\n",
+       6, "Wan:2.1", "must not contain ':'"},
   };
   for (const BadCase& bad : cases) expect_rejected(bad);
 }
