@@ -1,7 +1,7 @@
 // libFuzzer target for the preset reader (CMake option PSA_BUILD_FUZZERS, clang only; the `fuzz`
 // preset builds it and scripts/test.sh runs it for a bounded time):
 //   build/fuzz/tests/fuzz/psa_preset_fuzzer CORPUS_DIR tests/data/presets presets \
-//       -dict=tests/fuzz/yaml.dict -max_total_time=60
+//       -dict=tests/fuzz/yaml.dict -max_total_time=600
 #include <cstdio>
 #include <cstdlib>
 
