@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 #include <cstdio>
+#include <new>
 #include <set>
 #include <string>
 #include <system_error>
@@ -528,7 +529,14 @@ Status PresetLibrary::load_string(PresetLibrary* library, const std::string& yam
                                   const std::string& source_name) {
   if (library == nullptr) return invalid_argument("library must not be null");
   std::vector<ModelPresets> models;
-  PSA_RETURN_IF_ERROR(parse(&models, yaml, source_name));
+  // parse() turns yaml-cpp's exceptions into messages; memory can still run out on a huge file.
+  try {
+    PSA_RETURN_IF_ERROR(parse(&models, yaml, source_name));
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kOutOfMemory,
+                  source_name + ": out of host memory while reading " +
+                      std::to_string(yaml.size()) + " bytes of presets");
+  }
   // Replaced only on success: a bad file leaves the library as it was.
   library->models_ = std::move(models);
   return Status();
