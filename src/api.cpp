@@ -2,6 +2,8 @@
 // the backend of the device its tensors live on. This file is the one dispatch point between the
 // CPU reference (src/cpu) and the CUDA backend (src/cuda).
 #include <cmath>
+#include <new>
+#include <stdexcept>
 #include <string>
 
 #include "common/index_math.h"
@@ -24,6 +26,26 @@ using detail::ProblemShape;
   return Status(StatusCode::kNotBuilt, std::string(what) +
                                            ": psa was built without the CUDA backend "
                                            "(rebuild with nvcc available, or -DPSA_CUDA=ON)");
+}
+
+// Runs a backend. The backends allocate host memory (the CPU reference's working copies of its
+// inputs, staging buffers); a failed allocation comes back as kOutOfMemory naming `what`, so that
+// no exception leaves the API.
+template <typename Fn>
+Status run_backend(const char* what, Fn&& fn) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kOutOfMemory,
+                  std::string(what) + ": out of host memory for the working copies of its inputs");
+  } catch (const std::length_error&) {
+    return Status(StatusCode::kOutOfMemory,
+                  std::string(what) +
+                      ": out of host memory: a working copy of its inputs exceeds the largest "
+                      "host allocation");
+  } catch (const std::exception& e) {
+    return Status(StatusCode::kInternal, std::string(what) + ": unexpected exception: " + e.what());
+  }
 }
 
 // Checks `t` against q/k-derived expectations for outputs shaped like an input.
@@ -126,6 +148,15 @@ Status check_sim_k(const TensorView& k, const ProblemShape& s, const Config& con
   return Status();
 }
 
+// A plan being written: counts and blocks share no memory with each other, with the planner's
+// input (`source`: scores or levels) or with k when the similarity cap reads it.
+Status check_plan_outputs(const PlanView& plan, const TensorView& source, const char* source_name,
+                          const TensorView& k, const Config& config) {
+  const TensorView none;
+  return detail::check_outputs({{plan.counts, "plan.counts"}, {plan.blocks, "plan.blocks"}},
+                               {{source, source_name}, {config.sim_cap ? k : none, "k"}});
+}
+
 }  // namespace
 
 bool cuda_backend_built() {
@@ -188,9 +219,16 @@ Status build_pyramid(PyramidView pyramid, const TensorView& k, const TensorView&
   s.seq_k = k.shape[2];
   s.head_dim = k.shape[3];
   PSA_RETURN_IF_ERROR(detail::check_pyramid(pyramid, s, k));
-  if (k.device == Device::kCpu) return cpu::build_pyramid(pyramid, k, v);
+  PSA_RETURN_IF_ERROR(detail::check_outputs(
+      {{pyramid.k[0], "pyramid.k[0]"}, {pyramid.k[1], "pyramid.k[1]"},
+       {pyramid.k[2], "pyramid.k[2]"}, {pyramid.v[0], "pyramid.v[0]"},
+       {pyramid.v[1], "pyramid.v[1]"}, {pyramid.v[2], "pyramid.v[2]"}},
+      {{k, "k"}, {v, "v"}}));
+  if (k.device == Device::kCpu) {
+    return run_backend("build_pyramid", [&] { return cpu::build_pyramid(pyramid, k, v); });
+  }
 #if defined(PSA_WITH_CUDA)
-  return cuda::build_pyramid(pyramid, k, v, stream);
+  return run_backend("build_pyramid", [&] { return cuda::build_pyramid(pyramid, k, v, stream); });
 #else
   (void)stream;
   return not_built("build_pyramid");
@@ -205,9 +243,14 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
   ProblemShape s;
   PSA_RETURN_IF_ERROR(detail::check_qkv(&s, q, k, k));
   PSA_RETURN_IF_ERROR(check_scores(scores, s, config, q));
-  if (q.device == Device::kCpu) return cpu::estimate_importance(scores, q, k, config);
+  PSA_RETURN_IF_ERROR(detail::check_outputs({{scores, "scores"}}, {{q, "q"}, {k, "k"}}));
+  if (q.device == Device::kCpu) {
+    return run_backend("estimate_importance",
+                       [&] { return cpu::estimate_importance(scores, q, k, config); });
+  }
 #if defined(PSA_WITH_CUDA)
-  return cuda::estimate_importance(scores, q, k, config, stream);
+  return run_backend("estimate_importance",
+                     [&] { return cuda::estimate_importance(scores, q, k, config, stream); });
 #else
   (void)stream;
   return not_built("estimate_importance");
@@ -238,7 +281,11 @@ Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorVie
     return invalid_argument("config.text_len = " + std::to_string(config.text_len) +
                             " exceeds the key length Lk = " + std::to_string(s.seq_k));
   }
-  if (plan.counts.device == Device::kCpu) return cpu::plan_from_scores(plan, scores, k, config);
+  PSA_RETURN_IF_ERROR(check_plan_outputs(plan, scores, "scores", k, config));
+  if (plan.counts.device == Device::kCpu) {
+    return run_backend("plan_from_scores",
+                       [&] { return cpu::plan_from_scores(plan, scores, k, config); });
+  }
 #if defined(PSA_WITH_CUDA)
   const size_t needed = cuda::plan_workspace_bytes(plan_shape(s.batch, s.heads_q, s.seq_q,
                                                               s.seq_k, config));
@@ -247,7 +294,9 @@ Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorVie
                             " bytes on CUDA (plan_workspace_bytes), got " +
                             std::to_string(workspace_bytes));
   }
-  return cuda::plan_from_scores(plan, scores, k, config, workspace, workspace_bytes, stream);
+  return run_backend("plan_from_scores", [&] {
+    return cuda::plan_from_scores(plan, scores, k, config, workspace, workspace_bytes, stream);
+  });
 #else
   (void)workspace, (void)workspace_bytes, (void)stream;
   return not_built("plan_from_scores");
@@ -263,9 +312,14 @@ Status plan_from_levels(PlanView plan, const TensorView& levels, const TensorVie
   PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, plan.counts, /*check_contents=*/false));
   PSA_RETURN_IF_ERROR(check_level_map(levels, plan, /*written=*/false));
   PSA_RETURN_IF_ERROR(check_sim_k(k, s, config, plan.counts));
-  if (plan.counts.device == Device::kCpu) return cpu::plan_from_levels(plan, levels, k, config);
+  PSA_RETURN_IF_ERROR(check_plan_outputs(plan, levels, "levels", k, config));
+  if (plan.counts.device == Device::kCpu) {
+    return run_backend("plan_from_levels",
+                       [&] { return cpu::plan_from_levels(plan, levels, k, config); });
+  }
 #if defined(PSA_WITH_CUDA)
-  return cuda::plan_from_levels(plan, levels, k, config, stream);
+  return run_backend("plan_from_levels",
+                     [&] { return cuda::plan_from_levels(plan, levels, k, config, stream); });
 #else
   (void)stream;
   return not_built("plan_from_levels");
@@ -277,9 +331,13 @@ Status plan_to_levels(TensorView levels, const PlanView& plan, Stream stream) {
   PSA_RETURN_IF_ERROR(detail::check_tensor(plan.counts, "plan.counts", 4));
   PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, plan.counts, /*check_contents=*/true));
   PSA_RETURN_IF_ERROR(check_level_map(levels, plan, /*written=*/true));
-  if (plan.counts.device == Device::kCpu) return cpu::plan_to_levels(levels, plan);
+  PSA_RETURN_IF_ERROR(detail::check_outputs(
+      {{levels, "levels"}}, {{plan.counts, "plan.counts"}, {plan.blocks, "plan.blocks"}}));
+  if (plan.counts.device == Device::kCpu) {
+    return run_backend("plan_to_levels", [&] { return cpu::plan_to_levels(levels, plan); });
+  }
 #if defined(PSA_WITH_CUDA)
-  return cuda::plan_to_levels(levels, plan, stream);
+  return run_backend("plan_to_levels", [&] { return cuda::plan_to_levels(levels, plan, stream); });
 #else
   (void)stream;
   return not_built("plan_to_levels");
@@ -294,7 +352,7 @@ Status plan_statistics(PlanStats* stats, const PlanView& plan) {
     return invalid_argument("plan_statistics reads a host plan; copy the plan to the CPU first");
   }
   PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, plan.counts, /*check_contents=*/true));
-  return cpu::plan_statistics(stats, plan);
+  return run_backend("plan_statistics", [&] { return cpu::plan_statistics(stats, plan); });
 }
 
 // ---- Attention -----------------------------------------------------------------------------
@@ -309,15 +367,26 @@ Status attention_forward(TensorView out, TensorView lse, const TensorView& q, co
   PSA_RETURN_IF_ERROR(detail::check_lse(lse, s, q, /*required=*/false));
   PSA_RETURN_IF_ERROR(detail::check_pyramid(pyramid, s, k));
   PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, q, /*check_contents=*/true));
+  PSA_RETURN_IF_ERROR(detail::check_outputs(
+      {{out, "out"}, {lse, "lse"}},
+      {{q, "q"}, {k, "k"}, {v, "v"}, {pyramid.k[0], "pyramid.k[0]"},
+       {pyramid.k[1], "pyramid.k[1]"}, {pyramid.k[2], "pyramid.k[2]"},
+       {pyramid.v[0], "pyramid.v[0]"}, {pyramid.v[1], "pyramid.v[1]"},
+       {pyramid.v[2], "pyramid.v[2]"}, {plan.counts, "plan.counts"},
+       {plan.blocks, "plan.blocks"}}));
   if (q.device == Device::kCpu) {
-    return cpu::attention_forward(out, lse, q, k, v, pyramid, plan, config);
+    return run_backend("attention_forward", [&] {
+      return cpu::attention_forward(out, lse, q, k, v, pyramid, plan, config);
+    });
   }
 #if defined(PSA_WITH_CUDA)
   std::string reason;
   if (!cuda::attention_supported(q.dtype, s.head_dim, plan.block_m, plan.block_n, &reason)) {
     return unsupported("attention_forward on CUDA: " + reason);
   }
-  return cuda::attention_forward(out, lse, q, k, v, pyramid, plan, config, stream);
+  return run_backend("attention_forward", [&] {
+    return cuda::attention_forward(out, lse, q, k, v, pyramid, plan, config, stream);
+  });
 #else
   (void)stream;
   return not_built("attention_forward");
@@ -355,16 +424,24 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
   PSA_RETURN_IF_ERROR(check_input_like(out, "out", q, "q"));
   PSA_RETURN_IF_ERROR(detail::check_lse(lse, s, q, /*required=*/true));
   PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, q, /*check_contents=*/true));
+  PSA_RETURN_IF_ERROR(detail::check_outputs(
+      {{dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
+      {{dout, "dout"}, {q, "q"}, {k, "k"}, {v, "v"}, {out, "out"}, {lse, "lse"},
+       {plan.counts, "plan.counts"}, {plan.blocks, "plan.blocks"}}));
   if (q.device == Device::kCpu) {
-    return cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, plan, config);
+    return run_backend("attention_backward", [&] {
+      return cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, plan, config);
+    });
   }
 #if defined(PSA_WITH_CUDA)
   std::string reason;
   if (!cuda::attention_supported(q.dtype, s.head_dim, plan.block_m, plan.block_n, &reason)) {
     return unsupported("attention_backward on CUDA: " + reason);
   }
-  return cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, plan, config, workspace,
-                                  workspace_bytes, stream);
+  return run_backend("attention_backward", [&] {
+    return cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, plan, config, workspace,
+                                    workspace_bytes, stream);
+  });
 #else
   (void)workspace, (void)workspace_bytes, (void)stream;
   return not_built("attention_backward");
@@ -383,7 +460,13 @@ Status dense_attention_forward(TensorView out, TensorView lse, const TensorView&
     return invalid_argument("scale must be finite and >= 0 (0 = 1/sqrt(D)), got " +
                             std::to_string(scale));
   }
-  if (q.device == Device::kCpu) return cpu::dense_attention_forward(out, lse, q, k, v, causal, scale);
+  PSA_RETURN_IF_ERROR(
+      detail::check_outputs({{out, "out"}, {lse, "lse"}}, {{q, "q"}, {k, "k"}, {v, "v"}}));
+  if (q.device == Device::kCpu) {
+    return run_backend("dense_attention_forward", [&] {
+      return cpu::dense_attention_forward(out, lse, q, k, v, causal, scale);
+    });
+  }
   return unsupported(
       "dense_attention_forward is the CPU reference; on CUDA use attention_forward with an "
       "all-level-1 plan or cuDNN");
@@ -406,8 +489,13 @@ Status dense_attention_backward(TensorView dq, TensorView dk, TensorView dv, con
     return invalid_argument("scale must be finite and >= 0 (0 = 1/sqrt(D)), got " +
                             std::to_string(scale));
   }
+  PSA_RETURN_IF_ERROR(detail::check_outputs(
+      {{dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
+      {{dout, "dout"}, {q, "q"}, {k, "k"}, {v, "v"}, {out, "out"}, {lse, "lse"}}));
   if (q.device == Device::kCpu) {
-    return cpu::dense_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal, scale);
+    return run_backend("dense_attention_backward", [&] {
+      return cpu::dense_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal, scale);
+    });
   }
   return unsupported("dense_attention_backward is the CPU reference only");
 }
@@ -418,9 +506,7 @@ Status permute_tokens(TensorView out, const TensorView& in, const int64_t* perm,
   PSA_RETURN_IF_ERROR(detail::check_tensor(in, "in", 4));
   PSA_RETURN_IF_ERROR(check_like(out, "out", in, "in"));
   if (perm == nullptr) return invalid_argument("perm must not be null");
-  if (out.data == in.data) {
-    return invalid_argument("permute_tokens cannot work in place: out and in share memory");
-  }
+  PSA_RETURN_IF_ERROR(detail::check_outputs({{out, "out"}}, {{in, "in"}}));
   if (in.device == Device::kCpu) {
     const int64_t n = in.shape[2];
     for (int64_t i = 0; i < n; ++i) {
@@ -429,10 +515,11 @@ Status permute_tokens(TensorView out, const TensorView& in, const int64_t* perm,
                                 " is outside [0, L = " + std::to_string(n) + ")");
       }
     }
-    return cpu::permute_tokens(out, in, perm);
+    return run_backend("permute_tokens", [&] { return cpu::permute_tokens(out, in, perm); });
   }
 #if defined(PSA_WITH_CUDA)
-  return cuda::permute_tokens(out, in, perm, stream);
+  return run_backend("permute_tokens",
+                     [&] { return cuda::permute_tokens(out, in, perm, stream); });
 #else
   (void)stream;
   return not_built("permute_tokens");

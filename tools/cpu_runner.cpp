@@ -40,6 +40,19 @@ Status plan_on_cpu(HostPlan* plan, PlanStats* stats, const HostTensor& scores, c
   return plan_statistics(stats, plan->view());
 }
 
+Status match_binary_on_cpu(BinaryMatch* match, const HostTensor& scores, const Inputs& inputs,
+                           const Config& psa, double psa_density) {
+  return match_binary_density(match, psa, psa_density, inputs.k.shape()[2],
+                              [&](const Config& config, double* density) {
+                                HostPlan plan;
+                                PlanStats stats;
+                                PSA_RETURN_IF_ERROR(
+                                    plan_on_cpu(&plan, &stats, scores, inputs, config));
+                                *density = stats.density;
+                                return Status();
+                              });
+}
+
 Status run_on_cpu(RunOutputs* outputs, const Inputs& inputs, int repeat) {
   repeat = std::max(repeat, 1);
   outputs->repeat = repeat;
@@ -75,7 +88,10 @@ Status run_on_cpu(RunOutputs* outputs, const Inputs& inputs, int repeat) {
   }));
 
   // Binary block-sparse at the density PSA measured, on the same scores.
-  const Config binary = binary_config(config, outputs->stats.density, seq);
+  BinaryMatch match;
+  PSA_RETURN_IF_ERROR(match_binary_on_cpu(&match, scores, inputs, config, outputs->stats.density));
+  const Config& binary = match.config;
+  outputs->binary_equal_density = match.equal;
   outputs->binary_plan = make_host_plan(batch, heads, seq, seq, binary);
   PSA_RETURN_IF_ERROR(timed(&t.binary_planner_ms, repeat, [&] {
     return plan_from_scores(outputs->binary_plan.view(), scores.view(), inputs.k.view(), binary);

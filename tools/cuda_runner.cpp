@@ -246,11 +246,24 @@ Status run_on_cuda(RunOutputs* outputs, const Inputs& inputs, DType dtype, int r
                              s);
   }));
 
-  // Binary block-sparse at PSA's measured density, same scores.
-  const Config binary = binary_config(config, outputs->stats.density, seq);
-  outputs->binary_plan = make_host_plan(batch, heads, seq, seq, binary);
+  // Binary block-sparse at PSA's measured density, same scores: candidate quotas are planned on
+  // the device (untimed) until one matches, then that plan is timed.
+  outputs->binary_plan = make_host_plan(batch, heads, seq, seq, config);
   DevicePlan binary_plan;
   PSA_RETURN_IF_ERROR(binary_plan.allocate(outputs->binary_plan));
+  BinaryMatch match;
+  PSA_RETURN_IF_ERROR(match_binary_density(
+      &match, config, outputs->stats.density, seq, [&](const Config& candidate, double* density) {
+        PSA_RETURN_IF_ERROR(plan_from_scores(binary_plan.view, scores.view, k_plan, candidate,
+                                             workspace.get(), workspace_bytes, s));
+        PSA_RETURN_IF_ERROR(binary_plan.download(&outputs->binary_plan));
+        PlanStats stats;
+        PSA_RETURN_IF_ERROR(plan_statistics(&stats, outputs->binary_plan.view()));
+        *density = stats.density;
+        return Status();
+      }));
+  const Config& binary = match.config;
+  outputs->binary_equal_density = match.equal;
   PSA_RETURN_IF_ERROR(timed(&t.binary_planner_ms, repeat, stream, [&] {
     return plan_from_scores(binary_plan.view, scores.view, k_plan, binary, workspace.get(),
                             workspace_bytes, s);

@@ -33,8 +33,10 @@ int plan_command(const PlanOptions& options) {
   if (st.ok()) st = plan_on_cpu(&plan, &stats, scores, inputs, inputs.config);
   Config drawn = inputs.config;
   if (st.ok() && options.binary) {
-    drawn = binary_config(inputs.config, stats.density, inputs.q.shape()[2]);
-    st = plan_on_cpu(&plan, &stats, scores, inputs, drawn);
+    BinaryMatch match;
+    st = match_binary_on_cpu(&match, scores, inputs, inputs.config, stats.density);
+    drawn = match.config;
+    if (st.ok()) st = plan_on_cpu(&plan, &stats, scores, inputs, drawn);
   }
   if (st.ok()) st = plan_levels(&levels, plan);
   if (!st.ok()) return report_error(st);

@@ -33,7 +33,7 @@ Status fill_density(PresetRow* row, Inputs* inputs, const PresetsOptions& option
                                                      options.problem.shape[2];
   if (m.config.mode == PlanMode::kTopK) {
     const int64_t nk = (seq + m.config.block_n - 1) / m.config.block_n;
-    row->density = topk_row_density(m.config, nk);
+    PSA_RETURN_IF_ERROR(topk_row_density(&row->density, m.config, nk));
     row->how = "topk";
     return Status();
   }
@@ -125,8 +125,8 @@ int presets_command(const PresetsOptions& options) {
       "density: topk = from the quotas on this shape's Nk; measured = estimator + planner "
       "run on the workload (thresholdbound depends on the data)\n");
   std::printf("* marks a model's default_attention\n\n");
-  std::printf("%-22s %-14s %-15s %7s %-23s %-8s %-4s %6s %8s %s\n", "model", "preset", "mode",
-              "block", "ends (1/2/4/8)", "rearr.", "sim", "warmup", "density", "");
+  std::printf("%-22s %-14s %-15s %7s %-23s %-8s %-4s %6s %8s\n", "model", "preset", "mode",
+              "block", "ends (1/2/4/8)", "rearr.", "sim", "warmup", "density");
   std::string previous_model;
   for (const PresetRow& row : rows) {
     const Config& c = row.method.config;

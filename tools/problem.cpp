@@ -34,6 +34,23 @@ Status parse_shape(std::array<int64_t, 3>* shape, const std::string& text) {
   return Status();
 }
 
+Status check_sequence_length(const ProblemOptions& options) {
+  constexpr int64_t kMaxSequence = (int64_t{1} << 31) - 1;
+  const auto& s = options.shape;
+  int64_t plane = 0, video = 0, total = 0;
+  const bool overflow = __builtin_mul_overflow(s[1], s[2], &plane) ||
+                        __builtin_mul_overflow(plane, s[0], &video) ||
+                        __builtin_add_overflow(video, options.text_len, &total);
+  if (overflow || total > kMaxSequence) {
+    return invalid_argument(
+        "--shape " + std::to_string(s[0]) + "," + std::to_string(s[1]) + "," +
+        std::to_string(s[2]) + " with --text " + std::to_string(options.text_len) + " gives " +
+        (overflow ? std::string("more than 2^63") : "L = " + std::to_string(total)) +
+        " tokens; psa attends at most 2^31 - 1 = " + std::to_string(kMaxSequence));
+  }
+  return Status();
+}
+
 Status load_presets(PresetLibrary* library, const std::string& presets_file) {
   if (presets_file.empty()) return PresetLibrary::load_builtin(library);
   return PresetLibrary::load_file(library, presets_file);
@@ -57,12 +74,18 @@ Method default_method() {
 }
 
 Status resolve_method(Method* method, const ProblemOptions& options) {
-  if (options.preset.empty()) {
+  if (options.preset.empty() && options.presets_file.empty()) {
     *method = default_method();
     return Status();
   }
+  // A file given is read even without --preset, so that a path that cannot be read says so.
   PresetLibrary library;
   PSA_RETURN_IF_ERROR(load_presets(&library, options.presets_file));
+  if (options.preset.empty()) {
+    return invalid_argument("--presets-file " + options.presets_file +
+                            " needs --preset model:name to choose one of its presets (psa "
+                            "presets --presets-file " + options.presets_file + " lists them)");
+  }
   const Preset* preset = nullptr;
   PSA_RETURN_IF_ERROR(library.find(&preset, options.preset));
   *method = method_from_preset(*preset);
@@ -187,17 +210,52 @@ Status permute_sequence(HostTensor* out, const HostTensor& in, const std::vector
   return permute_tokens(dst, src, perm.data());
 }
 
-Config binary_config(const Config& psa, double density, int64_t seq_k) {
+Config binary_config(const Config& psa, double quota) {
   Config c = psa;
   c.mode = PlanMode::kTopK;
-  // topk keeps floor(Nk * e) blocks; e = d + 0.5 / Nk rounds PSA's Nk * d to the nearest block
-  // count instead of down (e.g. Nk = 32, d = 0.1406: 4.5 blocks -> 5, not 4), so binary
-  // block-sparse is never given less compute than PSA through rounding.
-  const double nk = std::ceil(static_cast<double>(seq_k) / c.block_n);
-  const double d = std::clamp(density + 0.5 / nk, 0.0, 1.0);
-  c.ends = {d, d, d, d};
+  const double e = std::clamp(quota, 0.0, 1.0);
+  c.ends = {e, e, e, e};
   c.sim_cap = false;  // caps only lower pooled levels; binary plans have none
   return c;
+}
+
+Status match_binary_density(BinaryMatch* match, const Config& psa, double psa_density,
+                            int64_t seq_k, const PlanDensity& plan_density) {
+  const double nk = std::ceil(static_cast<double>(seq_k) / psa.block_n);
+  // A row keeps floor(V * quota) blocks of the V it sees (V <= Nk), so the density steps at
+  // quotas k / V; two distinct steps are at least 1 / Nk^2 apart, and bisecting down to half that
+  // leaves the two densities on either side of PSA's (Nk = 32: 11 plans).
+  const double resolution = 0.5 / (nk * nk);
+  double lo = 0.0, hi = 1.0, d_lo = 0.0, d_hi = 0.0;
+  PSA_RETURN_IF_ERROR(plan_density(binary_config(psa, lo), &d_lo));
+  PSA_RETURN_IF_ERROR(plan_density(binary_config(psa, hi), &d_hi));
+  double quota = 0.0, density = 0.0;
+  if (d_lo >= psa_density) {
+    quota = lo, density = d_lo;  // the forced blocks alone reach PSA's density
+  } else if (d_hi <= psa_density) {
+    quota = hi, density = d_hi;
+  } else {
+    // Invariant: d_lo <= psa_density < d_hi.
+    while (hi - lo > resolution) {
+      const double mid = 0.5 * (lo + hi);
+      double d_mid = 0.0;
+      PSA_RETURN_IF_ERROR(plan_density(binary_config(psa, mid), &d_mid));
+      if (d_mid <= psa_density) {
+        lo = mid, d_lo = d_mid;
+      } else {
+        hi = mid, d_hi = d_mid;
+      }
+    }
+    const bool below_is_nearer = psa_density - d_lo < d_hi - psa_density;
+    quota = below_is_nearer ? lo : hi;
+    density = below_is_nearer ? d_lo : d_hi;
+  }
+  // Densities are sums of block fractions; the slack absorbs their rounding.
+  constexpr double kDensitySlack = 1e-9;
+  match->config = binary_config(psa, quota);
+  match->density = density;
+  match->equal = std::abs(density - psa_density) <= 0.5 / nk + kDensitySlack;
+  return Status();
 }
 
 Config scaled_config(const Config& config, double scale) {

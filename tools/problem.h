@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,8 @@ struct ProblemOptions {
 
 // Parses "T,H,W" (three positive integers) into `shape`.
 Status parse_shape(std::array<int64_t, 3>* shape, const std::string& text);
+// The sequence L = text_len + T*H*W must fit the library's 32-bit row indices (2^31 - 1).
+Status check_sequence_length(const ProblemOptions& options);
 
 // The attention method a preset selects, with the workload's text tokens filled in.
 struct Method {
@@ -65,10 +68,24 @@ Status prepare_inputs(Inputs* inputs, const ProblemOptions& options, const Metho
 // `perm` is empty. With inputs.inverse it restores raster order; with inputs.perm it rearranges.
 Status permute_sequence(HostTensor* out, const HostTensor& in, const std::vector<int64_t>& perm);
 
-// Binary block-sparse attention at FLOP density `density` with the same estimator: topk over
-// levels 1 and 0 only, PSA's density rounded to the nearest block count of the Nk = ceil(seq_k /
-// block_n) per row; the rest of `psa` (blocks, text, causal) unchanged.
-Config binary_config(const Config& psa, double density, int64_t seq_k);
+// Binary block-sparse attention: topk over levels 1 and 0 only, every level's interval ending at
+// `quota`; the rest of `psa` (blocks, text, causal) unchanged.
+Config binary_config(const Config& psa, double quota);
+
+// Binary block-sparse attention at PSA's FLOP density, from the same scores: methods are compared
+// at equal density. The planner forces blocks on top of a topk quota (each row's best block, text
+// blocks, the causal diagonal), so the quota is searched rather than set to PSA's density:
+// `plan_density` plans a candidate config and returns its density. Densities rise with the quota;
+// the one nearest PSA's is kept, a tie going to the larger (binary is never given less compute
+// through rounding).
+struct BinaryMatch {
+  Config config;
+  double density = 0.0;
+  bool equal = false;  // within half a key block per row of PSA's density
+};
+using PlanDensity = std::function<Status(const Config& config, double* density)>;
+Status match_binary_density(BinaryMatch* match, const Config& psa, double psa_density,
+                            int64_t seq_k, const PlanDensity& plan_density);
 // `config` with every level end multiplied by `scale`, clamped to 1 (sweep).
 Config scaled_config(const Config& config, double scale);
 

@@ -91,7 +91,12 @@ void print_table(const RunOptions& options, const Inputs& inputs, const Method& 
       o.repeat > 1 ? (", median of " + std::to_string(o.repeat)).c_str() : "", o.times.plan_ms(),
       o.times.estimate_ms, o.times.planner_ms, o.times.pyramid_ms, o.times.rearrange_ms,
       inputs.workload_ms);
-  if (r.binary.rel_l2 > 0.0) {
+  if (!o.binary_equal_density) {
+    std::printf(
+        "binary block-sparse cannot be planned at PSA's density here (nearest %.4f, more than "
+        "half a block per row away): no equal-density comparison\n",
+        o.binary_stats.density);
+  } else if (r.binary.rel_l2 > 0.0) {
     std::printf("PSA error / binary error at equal density: %.2f\n",
                 r.psa.rel_l2 / r.binary.rel_l2);
   }
@@ -108,6 +113,7 @@ void print_json(const RunOptions& options, const Inputs& inputs, const Method& m
   j["lse_abs_err"] = json_number(r.psa.lse_abs_err);
   j["recall"] = json_number(r.psa_recall);
   j["binary_density"] = o.binary_stats.density;
+  j["binary_equal_density"] = o.binary_equal_density;
   j["binary_rel_l2"] = json_number(r.binary.rel_l2);
   j["binary_cosine"] = json_number(r.binary.cosine_mean);
   j["binary_cosine_p1"] = json_number(r.binary.cosine_p1);

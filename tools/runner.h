@@ -23,6 +23,7 @@ struct StageTimes {
 struct RunOutputs {
   HostPlan plan, binary_plan;  // planning order
   PlanStats stats, binary_stats;
+  bool binary_equal_density = false;  // the binary plan is within half a block per row of PSA's
   HostTensor out, lse;                // PSA, raster order: (B, H, L, D), (B, H, L)
   HostTensor binary_out, binary_lse;  // binary block-sparse, raster order
   HostTensor dense_out, dense_lse;    // dense attention on the inputs the backend saw, raster order
@@ -35,6 +36,10 @@ Status estimate_on_cpu(HostTensor* scores, const Inputs& inputs, const Config& c
 // A plan from those scores, and its statistics.
 Status plan_on_cpu(HostPlan* plan, PlanStats* stats, const HostTensor& scores, const Inputs& inputs,
                    const Config& config);
+
+// match_binary_density with plans made on the CPU from `scores`.
+Status match_binary_on_cpu(BinaryMatch* match, const HostTensor& scores, const Inputs& inputs,
+                           const Config& psa, double psa_density);
 
 // Every stage on the CPU with the library's reference backend; each is timed with std::chrono.
 Status run_on_cpu(RunOutputs* outputs, const Inputs& inputs, int repeat);

@@ -96,8 +96,10 @@ int sweep_command(const SweepOptions& options) {
     if (st.ok()) st = attend(&out, &lse, inputs, pyramid, plan, p.config, &p.psa_ms);
     if (!st.ok()) return report_error(st);
     p.psa = compare_outputs(out, lse, dense_out, dense_lse);
-    const Config binary = binary_config(p.config, p.psa_stats.density, inputs.q.shape()[2]);
-    st = plan_on_cpu(&binary_plan, &p.binary_stats, scores, inputs, binary);
+    BinaryMatch match;
+    st = match_binary_on_cpu(&match, scores, inputs, p.config, p.psa_stats.density);
+    const Config& binary = match.config;
+    if (st.ok()) st = plan_on_cpu(&binary_plan, &p.binary_stats, scores, inputs, binary);
     if (st.ok()) st = attend(&out, &lse, inputs, pyramid, binary_plan, binary, &p.binary_ms);
     if (!st.ok()) return report_error(st);
     p.binary = compare_outputs(out, lse, dense_out, dense_lse);

@@ -70,7 +70,7 @@ struct Config {
 Status validate_config(const Config& config);
 
 // FLOP density that a topk config gives on a row of `num_k_blocks` blocks (alignment included),
-// the figure quoted for a preset on a given shape.
-double topk_row_density(const Config& config, int64_t num_k_blocks);
+// the figure quoted for a preset on a given shape. Fails for an invalid config or num_k_blocks < 1.
+Status topk_row_density(double* density, const Config& config, int64_t num_k_blocks);
 
 }  // namespace psa

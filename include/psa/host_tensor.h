@@ -15,8 +15,12 @@ namespace psa {
 class HostTensor {
  public:
   HostTensor() = default;
+  // Zero-filled. Like std::vector, these throw: std::length_error when a dimension is negative or
+  // the size in bytes overflows int64, std::bad_alloc when the memory cannot be had. allocate()
+  // returns the same failures as a Status instead.
   HostTensor(DType dtype, std::initializer_list<int64_t> shape);
   HostTensor(DType dtype, const std::vector<int64_t>& shape);
+  static Status allocate(HostTensor* tensor, DType dtype, const std::vector<int64_t>& shape);
 
   TensorView view() const;  // a view of the owned memory (mutable through data)
   template <typename T> T* data() { return reinterpret_cast<T*>(bytes_.data()); }

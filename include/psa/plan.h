@@ -31,7 +31,9 @@ struct PlanView {
   int64_t num_k_blocks() const { return blocks.shape[3]; }
 };
 
-// Shapes a caller allocates for a plan of this problem.
+// Shapes a caller allocates for a plan of this problem: Mq = ceil(Lq / block_m), Nk = ceil(Lk /
+// block_n). All zero when a size is negative or a block size is not positive (validate_config
+// says what is wrong), so that nothing divides by zero before the config is checked.
 struct PlanShape {
   int64_t batch = 0, heads = 0, num_q_blocks = 0, num_k_blocks = 0;
 };

@@ -13,6 +13,7 @@ enum class StatusCode {
   kNotBuilt,         // the backend asked for (CUDA) was not compiled into this build
   kCudaError,        // a CUDA runtime call or launch failed
   kIoError,          // a file could not be read or written
+  kOutOfMemory,      // host memory for a copy or a result could not be allocated
   kInternal,         // a broken invariant inside psa: a bug
 };
 

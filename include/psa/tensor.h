@@ -35,12 +35,16 @@ const char* dtype_name(DType dtype);
 const char* device_name(Device device);
 bool is_floating(DType dtype);
 
+// The number of elements; -1 when the view is malformed (rank outside [0, kMaxRank], a negative
+// dimension) or the count overflows int64.
 int64_t numel(const TensorView& t);
+// Row-major without gaps; false for a malformed view.
 bool is_contiguous(const TensorView& t);
-// "(2, 8, 4096, 128)"
+// "(2, 8, 4096, 128)"; "(rank 12: not in [0, 4])" for a rank no view can have.
 std::string shape_string(const TensorView& t);
 
-// A row-major (contiguous) view of `data` with the given shape.
+// A row-major (contiguous) view of `data` with the given shape. A rank outside [0, kMaxRank] gives
+// a view of that rank with no dimensions filled in, which every function rejects by name.
 TensorView make_view(void* data, DType dtype, std::initializer_list<int64_t> shape,
                      Device device = Device::kCpu, int device_index = 0);
 TensorView make_view(void* data, DType dtype, int rank, const int64_t* shape,

@@ -11,6 +11,7 @@ void throw_status(const Status& status) {
     case StatusCode::kInvalidArgument: type = PyExc_ValueError; break;
     case StatusCode::kUnsupported:
     case StatusCode::kNotBuilt: type = PyExc_NotImplementedError; break;
+    case StatusCode::kOutOfMemory: type = PyExc_MemoryError; break;
     default: break;
   }
   PyErr_SetString(type, status.message().c_str());

@@ -112,7 +112,14 @@ void bind_config(nb::module_& m) {
   m.def("validate_config", [](const Config& config) { check(validate_config(config)); },
         "Raises ValueError naming the first invalid field.");
   m.def("default_config", &default_config);
-  m.def("topk_row_density", &topk_row_density, nb::arg("config"), nb::arg("num_k_blocks"));
+  m.def(
+      "topk_row_density",
+      [](const Config& config, int64_t num_k_blocks) {
+        double density = 0.0;
+        check(topk_row_density(&density, config, num_k_blocks));
+        return density;
+      },
+      nb::arg("config"), nb::arg("num_k_blocks"));
 }
 
 void bind_presets(nb::module_& m) {

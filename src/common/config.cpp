@@ -73,6 +73,14 @@ Status validate_config(const Config& c) {
                               std::to_string(t));
     }
   }
+  if (c.mode != PlanMode::kTopK && c.mode != PlanMode::kThresholdBound) {
+    return invalid_argument("config.mode must be topk or thresholdbound, got code " +
+                            std::to_string(static_cast<int>(c.mode)));
+  }
+  if (c.text_position != TextPosition::kStart && c.text_position != TextPosition::kEnd) {
+    return invalid_argument("config.text_position must be start or end, got code " +
+                            std::to_string(static_cast<int>(c.text_position)));
+  }
   if (!(c.softmax_scale >= 0.0f) || !std::isfinite(c.softmax_scale)) {
     return invalid_argument("config.softmax_scale must be finite and >= 0 (0 = 1/sqrt(D)), got " +
                             std::to_string(c.softmax_scale));
@@ -80,27 +88,35 @@ Status validate_config(const Config& c) {
   return Status();
 }
 
-double topk_row_density(const Config& c, int64_t nk) {
+Status topk_row_density(double* density, const Config& c, int64_t nk) {
+  if (density == nullptr) return invalid_argument("density must not be null");
+  PSA_RETURN_IF_ERROR(validate_config(c));
+  if (nk < 1) return invalid_argument("num_k_blocks must be >= 1, got " + std::to_string(nk));
   int64_t start = 0;
-  double density = 0.0;
+  double sum = 0.0;
   for (int l = 0; l < kNumLevels; ++l) {
     const int64_t f = kLevelFactors[l];
     int64_t end = detail::min64(nk, static_cast<int64_t>(std::floor(static_cast<double>(nk) * c.ends[l])));
     if (l == 0) end = detail::max64(end, 1);
     end = detail::align_interval_end(start, end, detail::alignment_of(f, c.block_n, c.tile_n), nk);
-    density += static_cast<double>(end - start) / static_cast<double>(f);
+    sum += static_cast<double>(end - start) / static_cast<double>(f);
     start = end;
   }
-  return density / static_cast<double>(nk);
+  *density = sum / static_cast<double>(nk);
+  return Status();
 }
 
 PlanShape plan_shape(int64_t batch, int64_t heads_q, int64_t seq_q, int64_t seq_k,
                      const Config& config) {
   PlanShape s;
+  if (batch < 0 || heads_q < 0 || seq_q < 0 || seq_k < 0 || config.block_m < 1 ||
+      config.block_n < 1) {
+    return s;
+  }
   s.batch = batch;
   s.heads = heads_q;
-  s.num_q_blocks = detail::ceil_div(seq_q, config.block_m);
-  s.num_k_blocks = detail::ceil_div(seq_k, config.block_n);
+  s.num_q_blocks = detail::ceil_div_unbounded(seq_q, config.block_m);
+  s.num_k_blocks = detail::ceil_div_unbounded(seq_k, config.block_n);
   return s;
 }
 

@@ -1,18 +1,78 @@
 #include "psa/host_tensor.h"
 
 #include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <utility>
 
+#include "common/format.h"
 #include "common/half.h"
 #include "common/index_math.h"
 
 namespace psa {
+
+namespace {
+
+std::string describe(DType dtype, const std::vector<int64_t>& shape) {
+  return "HostTensor " + detail::format_dims(shape.data(), static_cast<int>(shape.size())) + " " +
+         dtype_name(dtype);
+}
+
+// The size in bytes of a tensor of `shape`, checked: no negative dimension, no overflow.
+Status byte_count(int64_t* bytes, DType dtype, const std::vector<int64_t>& shape) {
+  const int64_t element = static_cast<int64_t>(dtype_size(dtype));
+  if (element == 0) {
+    return invalid_argument("HostTensor: unknown dtype code " +
+                            std::to_string(static_cast<int>(dtype)));
+  }
+  int64_t n = 1;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] < 0) {
+      return invalid_argument(describe(dtype, shape) + ": dimension " + std::to_string(d) +
+                              " must be >= 0, got " + std::to_string(shape[d]));
+    }
+    if (__builtin_mul_overflow(n, shape[d], &n) || __builtin_mul_overflow(n, element, bytes)) {
+      return invalid_argument(describe(dtype, shape) + ": its size in bytes overflows int64");
+    }
+  }
+  *bytes = n * element;
+  return Status();
+}
+
+}  // namespace
 
 HostTensor::HostTensor(DType dtype, std::initializer_list<int64_t> shape)
     : HostTensor(dtype, std::vector<int64_t>(shape)) {}
 
 HostTensor::HostTensor(DType dtype, const std::vector<int64_t>& shape)
     : dtype_(dtype), shape_(shape) {
-  bytes_.assign(static_cast<size_t>(numel()) * dtype_size(dtype), 0);
+  int64_t bytes = 0;
+  const Status status = byte_count(&bytes, dtype, shape);
+  if (!status.ok()) throw std::length_error(status.message());
+  bytes_.assign(static_cast<size_t>(bytes), 0);
+}
+
+Status HostTensor::allocate(HostTensor* tensor, DType dtype, const std::vector<int64_t>& shape) {
+  if (tensor == nullptr) return invalid_argument("HostTensor::allocate: tensor must not be null");
+  int64_t bytes = 0;
+  PSA_RETURN_IF_ERROR(byte_count(&bytes, dtype, shape));
+  try {
+    HostTensor t;
+    t.dtype_ = dtype;
+    t.shape_ = shape;
+    t.bytes_.assign(static_cast<size_t>(bytes), 0);
+    *tensor = std::move(t);
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kOutOfMemory, describe(dtype, shape) + " needs " +
+                                                std::to_string(bytes) +
+                                                " bytes: more host memory than is available");
+  } catch (const std::length_error&) {
+    return Status(StatusCode::kOutOfMemory, describe(dtype, shape) + " needs " +
+                                                std::to_string(bytes) +
+                                                " bytes: more than one host allocation can hold");
+  }
+  return Status();
 }
 
 int64_t HostTensor::numel() const {

@@ -14,6 +14,9 @@
 namespace psa::detail {
 
 PSA_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// ceil(a / b) for a >= 0, b > 0 up to a = INT64_MAX, where a + b - 1 would overflow: for sizes
+// that have not been validated yet.
+PSA_HOST_DEVICE int64_t ceil_div_unbounded(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 PSA_HOST_DEVICE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 PSA_HOST_DEVICE int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 PSA_HOST_DEVICE bool is_power_of_two(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }

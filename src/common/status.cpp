@@ -10,6 +10,7 @@ const char* status_code_name(StatusCode code) {
     case StatusCode::kNotBuilt: return "not built";
     case StatusCode::kCudaError: return "CUDA error";
     case StatusCode::kIoError: return "I/O error";
+    case StatusCode::kOutOfMemory: return "out of memory";
     case StatusCode::kInternal: return "internal error";
   }
   return "unknown status";

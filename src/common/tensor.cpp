@@ -32,29 +32,48 @@ const char* dtype_name(DType dtype) {
   return "unknown";
 }
 
-const char* device_name(Device device) { return device == Device::kCpu ? "cpu" : "cuda"; }
+const char* device_name(Device device) {
+  switch (device) {
+    case Device::kCpu: return "cpu";
+    case Device::kCuda: return "cuda";
+  }
+  return "unknown";
+}
 
 bool is_floating(DType dtype) {
   return dtype == DType::kFloat32 || dtype == DType::kFloat16 || dtype == DType::kBFloat16 ||
          dtype == DType::kFloat64;
 }
 
+namespace {
+bool valid_rank(int rank) { return rank >= 0 && rank <= kMaxRank; }
+}  // namespace
+
 int64_t numel(const TensorView& t) {
+  if (!valid_rank(t.rank)) return -1;
   int64_t n = 1;
-  for (int d = 0; d < t.rank; ++d) n *= t.shape[d];
+  for (int d = 0; d < t.rank; ++d) {
+    if (t.shape[d] < 0 || __builtin_mul_overflow(n, t.shape[d], &n)) return -1;
+  }
   return n;
 }
 
 bool is_contiguous(const TensorView& t) {
+  if (numel(t) < 0) return false;
   int64_t expected = 1;
   for (int d = t.rank - 1; d >= 0; --d) {
     if (t.shape[d] != 1 && t.stride[d] != expected) return false;
-    expected *= t.shape[d];
+    expected *= t.shape[d];  // a partial product of numel(t), which did not overflow
   }
   return true;
 }
 
-std::string shape_string(const TensorView& t) { return detail::format_dims(t.shape, t.rank); }
+std::string shape_string(const TensorView& t) {
+  if (!valid_rank(t.rank)) {
+    return "(rank " + std::to_string(t.rank) + ": not in [0, " + std::to_string(kMaxRank) + "])";
+  }
+  return detail::format_dims(t.shape, t.rank);
+}
 
 TensorView make_view(void* data, DType dtype, int rank, const int64_t* shape, Device device,
                      int device_index) {
@@ -64,11 +83,13 @@ TensorView make_view(void* data, DType dtype, int rank, const int64_t* shape, De
   t.device = device;
   t.device_index = device_index;
   t.rank = rank;
+  if (!valid_rank(rank)) return t;
   int64_t stride = 1;
   for (int d = rank - 1; d >= 0; --d) {
     t.shape[d] = shape[d];
     t.stride[d] = stride;
-    stride *= shape[d];
+    // Wraps only for shapes whose element count overflows, which every function rejects.
+    stride = static_cast<int64_t>(static_cast<uint64_t>(stride) * static_cast<uint64_t>(shape[d]));
   }
   return t;
 }

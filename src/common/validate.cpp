@@ -1,5 +1,6 @@
 #include "common/validate.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "common/format.h"
@@ -27,6 +28,15 @@ Status check_tensor(const TensorView& t, const char* name, int rank) {
     return invalid_argument(std::string(name) + " must have rank " + std::to_string(rank) +
                             ", got rank " + std::to_string(t.rank) + " " + shape_string(t));
   }
+  const size_t element = dtype_size(t.dtype);
+  if (element == 0) {
+    return invalid_argument(std::string(name) + " has an unknown dtype code " +
+                            std::to_string(static_cast<int>(t.dtype)));
+  }
+  if (t.device != Device::kCpu && t.device != Device::kCuda) {
+    return invalid_argument(std::string(name) + " has an unknown device code " +
+                            std::to_string(static_cast<int>(t.device)) + " (expected cpu or cuda)");
+  }
   if (t.data == nullptr) return invalid_argument(std::string(name) + " has a null data pointer");
   int64_t max_offset = 0;
   for (int d = 0; d < rank; ++d) {
@@ -44,6 +54,18 @@ Status check_tensor(const TensorView& t, const char* name, int rank) {
                               ": its element offsets overflow 64-bit indexing");
     }
     max_offset += extent;
+  }
+  // A broadcast view (stride 0) may address few bytes yet hold more elements than int64 counts;
+  // every copy the CPU reference makes is sized by the count.
+  if (numel(t) < 0) {
+    return invalid_argument(std::string(name) + " " + shape_string(t) +
+                            ": its element count overflows int64");
+  }
+  int64_t last_byte = 0;
+  if (mul_overflows(max_offset, static_cast<int64_t>(element), &last_byte) ||
+      last_byte > INT64_MAX - static_cast<int64_t>(element)) {
+    return invalid_argument(std::string(name) + " " + shape_string(t) +
+                            ": its byte offsets overflow 64-bit indexing");
   }
   return Status();
 }
@@ -179,6 +201,13 @@ Status check_plan(const PlanView& plan, const ProblemShape& s, const TensorView&
     return invalid_argument("plan.block_n must be >= 8 (the largest pool factor), got " +
                             std::to_string(plan.block_n));
   }
+  for (const auto& [length, field] : {std::pair{plan.seq_q, "plan.seq_q (Lq)"},
+                                       {plan.seq_k, "plan.seq_k (Lk)"}}) {
+    if (length < 1 || length > kMaxIndex32) {
+      return invalid_argument(std::string(field) + " must be in [1, 2^31 - 1], got " +
+                              std::to_string(length));
+    }
+  }
   if (plan.seq_q != s.seq_q || plan.seq_k != s.seq_k) {
     return invalid_argument("the plan was made for Lq = " + std::to_string(plan.seq_q) +
                             ", Lk = " + std::to_string(plan.seq_k) + ", but q and k have Lq = " +
@@ -249,6 +278,162 @@ Status check_lse(const TensorView& lse, const ProblemShape& s, const TensorView&
   PSA_RETURN_IF_ERROR(check_dtype(lse, "lse", {DType::kFloat32}));
   PSA_RETURN_IF_ERROR(check_shape(lse, "lse", "(B, Hq, Lq)", {s.batch, s.heads_q, s.seq_q}));
   return check_contiguous(lse, "lse");
+}
+
+// ---- Memory overlap ----------------------------------------------------------------------------
+
+namespace {
+
+using Wide = __int128;  // byte offsets and their sums and differences, free of overflow
+
+// One dimension's contribution to a byte offset: coefficient c in [lo, hi] times `stride` bytes.
+struct Term {
+  Wide stride, lo, hi;
+};
+
+Wide floor_div(Wide a, Wide b) { return a / b - ((a % b != 0) && (a < 0)); }
+Wide ceil_div_wide(Wide a, Wide b) { return a / b + ((a % b != 0) && (a > 0)); }
+
+// Whether sum(c_i * stride_i) over terms[k..] can land in [target_lo, target_hi] (with some c
+// non-zero when `need_nonzero` and none chosen yet). Terms come sorted by decreasing stride, so a
+// regular layout leaves one candidate per term; `budget` bounds irregular ones, and running out
+// answers "yes" (the caller then reports an overlap rather than guess).
+bool reachable(const std::vector<Term>& terms, const std::vector<Wide>& rest_lo,
+               const std::vector<Wide>& rest_hi, size_t k, Wide target_lo, Wide target_hi,
+               bool need_nonzero, int64_t* budget) {
+  if (--*budget < 0) return true;
+  if (k == terms.size()) return !need_nonzero && target_lo <= 0 && 0 <= target_hi;
+  const Term& t = terms[k];
+  Wide c_min = ceil_div_wide(target_lo - rest_hi[k + 1], t.stride);
+  Wide c_max = floor_div(target_hi - rest_lo[k + 1], t.stride);
+  if (c_min < t.lo) c_min = t.lo;
+  if (c_max > t.hi) c_max = t.hi;
+  for (Wide c = c_min; c <= c_max; ++c) {
+    if (reachable(terms, rest_lo, rest_hi, k + 1, target_lo - c * t.stride,
+                  target_hi - c * t.stride, need_nonzero && c == 0, budget)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Whether some choice of coefficients puts the byte distance sum(c * stride) in [lo, hi].
+bool solvable(std::vector<Term> terms, Wide lo, Wide hi, bool need_nonzero) {
+  constexpr int64_t kSearchBudget = int64_t{1} << 16;
+  std::sort(terms.begin(), terms.end(), [](const Term& a, const Term& b) {
+    return a.stride > b.stride;
+  });
+  std::vector<Wide> rest_lo(terms.size() + 1, 0), rest_hi(terms.size() + 1, 0);
+  for (size_t k = terms.size(); k-- > 0;) {
+    rest_lo[k] = rest_lo[k + 1] + terms[k].lo * terms[k].stride;
+    rest_hi[k] = rest_hi[k + 1] + terms[k].hi * terms[k].stride;
+  }
+  int64_t budget = kSearchBudget;
+  return reachable(terms, rest_lo, rest_hi, 0, lo, hi, need_nonzero, &budget);
+}
+
+// Adds the dimensions of `t` as terms with coefficients in [0, n-1] (sign +1) or [-(n-1), 0]
+// (sign -1); dimensions of one element or stride 0 move no byte. Equal strides are merged.
+void add_terms(std::vector<Term>* terms, const TensorView& t, int sign) {
+  const Wide element = static_cast<Wide>(dtype_size(t.dtype));
+  for (int d = 0; d < t.rank; ++d) {
+    if (t.shape[d] < 2 || t.stride[d] == 0) continue;
+    const Wide stride = static_cast<Wide>(t.stride[d]) * element;
+    const Wide n = t.shape[d] - 1;
+    const Wide lo = sign > 0 ? 0 : -n, hi = sign > 0 ? n : 0;
+    bool merged = false;
+    for (Term& term : *terms) {
+      if (term.stride == stride) {
+        term.lo += lo;
+        term.hi += hi;
+        merged = true;
+      }
+    }
+    if (!merged) terms->push_back({stride, lo, hi});
+  }
+}
+
+// [first, last] byte addresses a valid view touches.
+void byte_range(const TensorView& t, Wide* first, Wide* last) {
+  Wide max_offset = 0;
+  for (int d = 0; d < t.rank; ++d) max_offset += static_cast<Wide>(t.shape[d] - 1) * t.stride[d];
+  const Wide element = static_cast<Wide>(dtype_size(t.dtype));
+  *first = static_cast<Wide>(reinterpret_cast<uintptr_t>(t.data));
+  *last = *first + max_offset * element + element - 1;
+}
+
+std::string strides_string(const TensorView& t) {
+  return format_dims(t.stride, t.rank >= 0 && t.rank <= kMaxRank ? t.rank : 0);
+}
+
+}  // namespace
+
+Status check_no_internal_overlap(const TensorView& t, const char* name) {
+  const Wide element = static_cast<Wide>(dtype_size(t.dtype));
+  bool overlap = false;
+  for (int d = 0; d < t.rank; ++d) overlap = overlap || (t.shape[d] > 1 && t.stride[d] == 0);
+  if (!overlap) {
+    // Two distinct elements i != j overlap when sum((i_d - j_d) * stride_d) lands within one
+    // element's bytes; the coefficients i_d - j_d range over [-(n-1), n-1].
+    std::vector<Term> terms;
+    std::vector<Wide> strides;
+    for (int d = 0; d < t.rank; ++d) {
+      if (t.shape[d] < 2) continue;
+      const Wide stride = static_cast<Wide>(t.stride[d]) * element;
+      for (Wide s : strides) overlap = overlap || s == stride;  // two dims step alike
+      strides.push_back(stride);
+      terms.push_back({stride, -(static_cast<Wide>(t.shape[d]) - 1), t.shape[d] - 1});
+    }
+    overlap = overlap || solvable(terms, -(element - 1), element - 1, /*need_nonzero=*/true);
+  }
+  if (overlap) {
+    return invalid_argument(std::string(name) + " " + shape_string(t) + " with strides " +
+                            strides_string(t) +
+                            " has elements that overlap in memory; an output needs a distinct "
+                            "address for every element");
+  }
+  return Status();
+}
+
+Status check_no_overlap(const TensorView& a, const char* a_name, const TensorView& b,
+                        const char* b_name) {
+  if (a.data == nullptr || b.data == nullptr) return Status();
+  if (a.rank < 0 || a.rank > kMaxRank || b.rank < 0 || b.rank > kMaxRank) return Status();
+  if (a.device != b.device || a.device_index != b.device_index) return Status();
+  Wide a_first = 0, a_last = 0, b_first = 0, b_last = 0;
+  byte_range(a, &a_first, &a_last);
+  byte_range(b, &b_first, &b_last);
+  if (a_last < b_first || b_last < a_first) return Status();
+  // Element i of a covers [A, A + ea), element j of b covers [B, B + eb), with A = a0 + sum(i *
+  // stride_a) and B = b0 + sum(j * stride_b). They meet iff A - B lies in [-(ea - 1), eb - 1].
+  const Wide ea = static_cast<Wide>(dtype_size(a.dtype)), eb = static_cast<Wide>(dtype_size(b.dtype));
+  std::vector<Term> terms;
+  add_terms(&terms, a, +1);
+  add_terms(&terms, b, -1);
+  const Wide base = a_first - b_first;
+  if (solvable(terms, -(ea - 1) - base, (eb - 1) - base, /*need_nonzero=*/false)) {
+    return invalid_argument(std::string(a_name) + " and " + std::string(b_name) +
+                            " overlap in memory (psa never works in place): " + a_name + " " +
+                            shape_string(a) + " with strides " + strides_string(a) + ", " +
+                            b_name + " " + shape_string(b) + " with strides " +
+                            strides_string(b));
+  }
+  return Status();
+}
+
+Status check_outputs(std::initializer_list<NamedView> outputs,
+                     std::initializer_list<NamedView> inputs) {
+  for (auto o = outputs.begin(); o != outputs.end(); ++o) {
+    if (o->view->data == nullptr) continue;
+    PSA_RETURN_IF_ERROR(check_no_internal_overlap(*o->view, o->name));
+    for (auto other = outputs.begin(); other != o; ++other) {
+      PSA_RETURN_IF_ERROR(check_no_overlap(*o->view, o->name, *other->view, other->name));
+    }
+    for (const NamedView& in : inputs) {
+      PSA_RETURN_IF_ERROR(check_no_overlap(*o->view, o->name, *in.view, in.name));
+    }
+  }
+  return Status();
 }
 
 }  // namespace psa::detail

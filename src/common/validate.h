@@ -18,7 +18,8 @@ struct ProblemShape {
   int64_t batch = 0, heads_q = 0, heads_kv = 0, seq_q = 0, seq_k = 0, head_dim = 0;
 };
 
-// data non-null, rank as expected, every dim >= 1, strides >= 0, largest offset fits in int64.
+// rank as expected, a known dtype and device, data non-null, every dim >= 1, strides >= 0, the
+// element count and the largest byte offset within int64.
 Status check_tensor(const TensorView& t, const char* name, int rank);
 Status check_dtype(const TensorView& t, const char* name, std::initializer_list<DType> allowed);
 Status check_shape(const TensorView& t, const char* name, const char* dims,
@@ -36,5 +37,30 @@ Status check_pyramid(const PyramidView& pyramid, const ProblemShape& s, const Te
 Status check_plan(const PlanView& plan, const ProblemShape& s, const TensorView& reference,
                   bool check_contents);
 Status check_lse(const TensorView& lse, const ProblemShape& s, const TensorView& q, bool required);
+
+// ---- Memory overlap ----------------------------------------------------------------------------
+// Views that passed check_tensor. An output must have a distinct address per element and share no
+// element with another output or an input: kernels write outputs from many threads while they
+// read the inputs.
+
+// A view and the name errors give it; empty views (an optional lse) are skipped.
+struct NamedView {
+  NamedView(const TensorView& v, const char* n) : view(&v), name(n) {}
+  const TensorView* view;
+  const char* name;
+};
+
+// Fails when two elements of `t` share memory (a stride 0 along a dimension of size > 1, or
+// strides that interleave).
+Status check_no_internal_overlap(const TensorView& t, const char* name);
+// Fails when an element of `a` shares a byte with an element of `b`. Exact for the layouts views
+// are made of (packed q/k/v slices of one buffer are disjoint and pass); a layout too irregular to
+// decide within a bounded search counts as overlapping.
+Status check_no_overlap(const TensorView& a, const char* a_name, const TensorView& b,
+                        const char* b_name);
+// Every output: no internal overlap, no overlap with another output or with any input.
+// e.g. check_outputs({{dq, "dq"}, {dk, "dk"}, {dv, "dv"}}, {{q, "q"}, {k, "k"}, {v, "v"}}).
+Status check_outputs(std::initializer_list<NamedView> outputs,
+                     std::initializer_list<NamedView> inputs);
 
 }  // namespace psa::detail

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -54,7 +56,9 @@ inline void load_row(double* row, const TensorView& t, int64_t i0, int64_t i1, i
 }
 
 // Runs fn(i) for i in [0, n) on up to hardware_concurrency threads (dynamic scheduling).
-// fn must be safe to call concurrently for distinct i.
+// fn must be safe to call concurrently for distinct i. An exception thrown by fn (a failed
+// allocation) stops the remaining work and is rethrown here, in the caller's thread, where the
+// API turns it into a Status; escaping a worker thread it would terminate the process.
 template <typename Fn>
 void parallel_for(int64_t n, Fn&& fn) {
   const int64_t workers =
@@ -64,14 +68,31 @@ void parallel_for(int64_t n, Fn&& fn) {
     return;
   }
   std::atomic<int64_t> next{0};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+  auto fail = [&](std::exception_ptr e) {
+    next.store(n);
+    const std::lock_guard<std::mutex> lock(error_mutex);
+    if (!error) error = e;
+  };
   std::vector<std::thread> threads;
   threads.reserve(static_cast<size_t>(workers));
   for (int64_t w = 0; w < workers; ++w) {
-    threads.emplace_back([&] {
-      for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
-    });
+    try {
+      threads.emplace_back([&] {
+        try {
+          for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
+        } catch (...) {
+          fail(std::current_exception());
+        }
+      });
+    } catch (...) {  // no thread could be started: the ones running finish the work
+      if (threads.empty()) fail(std::current_exception());
+      break;
+    }
   }
   for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace psa::cpu

@@ -115,6 +115,10 @@ Status make_permutation(int64_t* perm, const RearrangeSpec& spec) {
     return invalid_argument("make_permutation: text_len must be >= 0, got " +
                             std::to_string(spec.text_len));
   }
+  if (spec.text_position != TextPosition::kStart && spec.text_position != TextPosition::kEnd) {
+    return invalid_argument("make_permutation: text_position must be start or end, got code " +
+                            std::to_string(static_cast<int>(spec.text_position)));
+  }
   int64_t total = 0;
   if (__builtin_add_overflow(video, spec.text_len, &total)) {
     return invalid_argument("make_permutation: text_len + frames * height * width overflows int64");

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 #include <cstdio>
+#include <new>
 #include <set>
 #include <string>
 #include <system_error>
@@ -433,6 +434,12 @@ Status read_model(ModelPresets* model, const Reader& r, const Entry& entry) {
   static const std::vector<std::string> kKeys = {"default_attention", "video_scale",
                                                  "text_length", "attention_configs"};
   const std::string& path = entry.key;
+  // find() splits a selector "model:name" at its first ':', so such a model could not be chosen.
+  if (entry.key.find(':') != std::string::npos) {
+    return r.error(entry.key_node.Mark(), path,
+                   "a model name must not contain ':' (it separates model and preset in "
+                   "\"model:name\")");
+  }
   std::vector<Entry> entries;
   PSA_RETURN_IF_ERROR(r.entries(&entries, entry.value, entry.mark(), path, &kKeys));
   model->model = entry.key;
@@ -522,7 +529,14 @@ Status PresetLibrary::load_string(PresetLibrary* library, const std::string& yam
                                   const std::string& source_name) {
   if (library == nullptr) return invalid_argument("library must not be null");
   std::vector<ModelPresets> models;
-  PSA_RETURN_IF_ERROR(parse(&models, yaml, source_name));
+  // parse() turns yaml-cpp's exceptions into messages; memory can still run out on a huge file.
+  try {
+    PSA_RETURN_IF_ERROR(parse(&models, yaml, source_name));
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kOutOfMemory,
+                  source_name + ": out of host memory while reading " +
+                      std::to_string(yaml.size()) + " bytes of presets");
+  }
   // Replaced only on success: a bad file leaves the library as it was.
   library->models_ = std::move(models);
   return Status();

@@ -26,6 +26,8 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -75,6 +77,10 @@ constexpr double kSinkKeyWeight = 4.0;
 // A RoPE pair counts as low-frequency (position-invariant) when its angle over the whole extent
 // of its axis stays below this, e.g. theta = 2.1e-4 over 16 frames: 0.003 rad.
 constexpr double kInvariantAngle = 0.3;
+
+// The longest sequence the attention API accepts (2^31 - 1 rows, 32-bit row indices): a longer
+// workload could not be run.
+constexpr int64_t kMaxSequence = (int64_t{1} << 31) - 1;
 
 // ---- Calibration statistic -------------------------------------------------------------------
 constexpr int kSampledQueries = 64;
@@ -497,6 +503,12 @@ Status validate_spec(const WorkloadSpec& spec, int64_t* video, int64_t* total) {
         "workload size overflows int64: batch * heads * (text_len + frames * "
         "height * width) * head_dim");
   }
+  if (*total > kMaxSequence) {
+    return invalid_argument("workload sequence length text_len + frames * height * width = " +
+                            std::to_string(*total) + " exceeds " +
+                            std::to_string(kMaxSequence) +
+                            ", the longest sequence psa attends (32-bit row indices)");
+  }
   return Status::ok_status();
 }
 
@@ -514,11 +526,11 @@ const char* head_kind_name(HeadKind kind) {
   return "unknown";
 }
 
-Status generate_workload(Workload* workload, const WorkloadSpec& spec) {
-  if (workload == nullptr) return invalid_argument("generate_workload: workload must not be null");
-  int64_t video = 0, total = 0;
-  PSA_RETURN_IF_ERROR(validate_spec(spec, &video, &total));
+namespace {
 
+// The workload of a validated spec with `video` video tokens and `total` tokens in all.
+Status generate_validated(Workload* workload, const WorkloadSpec& spec, int64_t video,
+                          int64_t total) {
   Layout lay;
   lay.frames = spec.frames;
   lay.height = spec.height;
@@ -538,9 +550,15 @@ Status generate_workload(Workload* workload, const WorkloadSpec& spec) {
   const int64_t group = lay.heads / lay.heads_kv;
 
   Workload wl;
-  wl.q = HostTensor(spec.dtype, {spec.batch, lay.heads, lay.length, lay.dim});
-  wl.k = HostTensor(spec.dtype, {spec.batch, lay.heads_kv, lay.length, lay.dim});
-  wl.v = HostTensor(spec.dtype, {spec.batch, lay.heads_kv, lay.length, lay.dim});
+  auto allocate = [&](HostTensor* t, const char* name, int64_t heads) {
+    const Status s =
+        HostTensor::allocate(t, spec.dtype, {spec.batch, heads, lay.length, lay.dim});
+    return s.ok() ? s
+                  : Status(s.code(), "generate_workload: " + std::string(name) + ": " + s.message());
+  };
+  PSA_RETURN_IF_ERROR(allocate(&wl.q, "q", lay.heads));
+  PSA_RETURN_IF_ERROR(allocate(&wl.k, "k", lay.heads_kv));
+  PSA_RETURN_IF_ERROR(allocate(&wl.v, "v", lay.heads_kv));
 
   std::vector<KvHead> kv_heads;
   for (int64_t g = 0; g < lay.heads_kv; ++g) kv_heads.push_back(make_kv_head(lay, rope, seed, g));
@@ -614,6 +632,25 @@ Status generate_workload(Workload* workload, const WorkloadSpec& spec) {
   local_mass_statistic(&wl.stats, wl, lay, seed);
   *workload = std::move(wl);
   return Status::ok_status();
+}
+
+}  // namespace
+
+Status generate_workload(Workload* workload, const WorkloadSpec& spec) {
+  if (workload == nullptr) return invalid_argument("generate_workload: workload must not be null");
+  int64_t video = 0, total = 0;
+  PSA_RETURN_IF_ERROR(validate_spec(spec, &video, &total));
+  // q, k, v are allocated with a Status; the working buffers besides them (the content field,
+  // per-thread rows) may still run out of memory on a large shape.
+  try {
+    return generate_validated(workload, spec, video, total);
+  } catch (const std::bad_alloc&) {
+  } catch (const std::length_error&) {
+  }
+  return Status(StatusCode::kOutOfMemory,
+                "generate_workload: a workload of " + std::to_string(total) + " tokens, " +
+                    std::to_string(spec.heads) + " heads of " + std::to_string(spec.head_dim) +
+                    " needs more host memory than is available");
 }
 
 std::string describe_workload(const WorkloadSpec& spec, const WorkloadStats& stats) {

@@ -164,7 +164,9 @@ TEST(PlannerTopk, DensityMatchesTopkRowDensity) {
                                         nk * block_n, config);
       PlanStats stats;
       ASSERT_TRUE(psa::plan_statistics(&stats, plan.view()).ok());
-      EXPECT_DOUBLE_EQ(stats.density, topk_row_density(config, nk))
+      double quoted = 0.0;
+      ASSERT_TRUE(topk_row_density(&quoted, config, nk).ok());
+      EXPECT_DOUBLE_EQ(stats.density, quoted)
           << "block_n " << block_n << " nk " << nk << " " << test::replay_hint(seed);
     }
   }

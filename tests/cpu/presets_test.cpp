@@ -174,7 +174,9 @@ TEST(Presets, DefaultConfig) {
   EXPECT_TRUE(validate_config(c).ok());
   // 100 blocks make every interval a multiple of its alignment: 10 + 5/2 + 0/4 + 20/8 = 15 units.
   // Tolerance: a sum of four exact binary fractions divided by 100, so only the last ulp differs.
-  EXPECT_NEAR(topk_row_density(c, 100), 0.15, 1e-12);
+  double density = 0.0;
+  ASSERT_TRUE(topk_row_density(&density, c, 100).ok());
+  EXPECT_NEAR(density, 0.15, 1e-12);
 }
 
 TEST(Presets, UserFileInTheSchemaLoads) {
@@ -388,6 +390,12 @@ TEST(Presets, BadStringsAreRejected) {
        "      warmup_steps:\n      mask_mode: topk\n",
        6, "M.attention_configs.p.warmup_steps", "got nothing"},
       {"not_a_map.yaml", "- Wan2.1_14b\n- CogVideo_5b\n", 1, "", "expected a mapping"},
+      // Found by the preset fuzzer: "model:name" selects a preset, so the presets of a model
+      // named "a:b" could never be found.
+      {"colon_model.yaml",
+       "M:\n  default_attention: p\n  attention_configs:\n    p:\n      type: dense\n"
+       "Wan:2.1:\n  default_attention: p\n  attention_configs:\n    p:\n      type: dense\n",
+       6, "Wan:2.1", "must not contain ':'"},
   };
   for (const BadCase& bad : cases) expect_rejected(bad);
 }

@@ -2,7 +2,9 @@
 # Inputs: TOOL, ARGS ("|"-separated, @OUT@ = OUT_DIR), OUT_DIR, NAME, EXPECT_EXIT (a number or
 # "nonzero"), and optionally EXPECT_STDOUT / EXPECT_STDERR (substrings), EXPECT_JSON_KEYS
 # ("|"-separated numeric keys of the JSON object printed on stdout), EXPECT_PNG (a file in
-# OUT_DIR that must start with the PNG signature), EXPECT_CSV and EXPECT_CSV_ROWS.
+# OUT_DIR that must start with the PNG signature), EXPECT_CSV and EXPECT_CSV_ROWS, and
+# SKIP_IF_NO_GPU (the run needs a usable CUDA device: without one the script prints
+# "skipped: no usable CUDA device", which the test's SKIP_REGULAR_EXPRESSION turns into a skip).
 cmake_minimum_required(VERSION 3.19)  # string(JSON)
 
 string(REPLACE "@OUT@" "${OUT_DIR}" args "${ARGS}")
@@ -13,6 +15,11 @@ endforeach()
 
 execute_process(COMMAND "${TOOL}" ${args}
   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 50)
+
+if(SKIP_IF_NO_GPU AND err MATCHES "no CUDA-capable device|CUDA driver version is insufficient")
+  message(STATUS "tool.${NAME}: skipped: no usable CUDA device")
+  return()
+endif()
 
 function(fail reason)
   message(FATAL_ERROR "tool.${NAME}: ${reason}\n"
