@@ -39,8 +39,10 @@ constexpr int kRowTermsWarps = 8;  // rows (one warp each) per block of the row-
 // H200 (structured inputs, default plan, backward ms, order-dependent / lanes x groups 1x4, 2x4,
 // 1xall, 2xall): Wan2.1 1.3B 9.9 / 15.4, 14.9, 14.3, 15.4; CogVideoX-like with 12 heads
 // 1.9 / 5.0, 4.0, 2.7, 2.8; Qwen2.5-VL-like causal prefill (4 kv heads) 3.2 / 14.1, 8.2, -, 8.1.
+// All 40 heads of Wan2.1 14B side by side lost to 4 (274 against 228 ms: the K/V and the
+// accumulators of every head compete for L2), so at most 8.
 constexpr int kLanes = 2;
-constexpr int kMaxInterleave = 64;
+constexpr int kMaxInterleave = 8;
 constexpr int kThreads = 256;
 
 size_t align_up(size_t x) {
@@ -430,7 +432,7 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
     }
     p.order = op.order;
     // Up to kMaxInterleave kv groups side by side (the largest count that divides Hkv): Wan2.1
-    // 1.3B at 480p keeps ~132 rows in flight, 11 per head instead of 132 in one.
+    // 1.3B at 480p keeps ~132 rows in flight, 22 per head (6 heads) instead of 132 in one.
     p.interleave = 1;
     for (int f = kMaxInterleave; f > 1; --f) {
       if (heads_kv % f == 0) {
