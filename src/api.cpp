@@ -48,28 +48,6 @@ Status run_backend(const char* what, Fn&& fn) {
   }
 }
 
-// Checks `t` against q/k-derived expectations for outputs shaped like an input.
-Status check_like(const TensorView& t, const char* name, const TensorView& like,
-                  const char* like_name) {
-  PSA_RETURN_IF_ERROR(detail::check_tensor(t, name, like.rank));
-  PSA_RETURN_IF_ERROR(detail::check_same_device(t, name, like, like_name));
-  for (int d = 0; d < like.rank; ++d) {
-    if (t.shape[d] != like.shape[d]) {
-      return invalid_argument(std::string(name) + " must have the shape of " + like_name + " " +
-                              shape_string(like) + ", got " + shape_string(t));
-    }
-  }
-  if (t.dtype != like.dtype) {
-    return invalid_argument(std::string(name) + " must have " + like_name + "'s dtype " +
-                            dtype_name(like.dtype) + ", got " + dtype_name(t.dtype));
-  }
-  if (t.device == Device::kCuda && t.stride[t.rank - 1] != 1) {
-    return invalid_argument(std::string(name) +
-                            " must have a unit stride in its last dimension on CUDA");
-  }
-  return Status();
-}
-
 // An input read with any strides: the shape, dtype and device of `like`.
 Status check_input_like(const TensorView& t, const char* name, const TensorView& like,
                         const char* like_name) {
@@ -84,6 +62,18 @@ Status check_input_like(const TensorView& t, const char* name, const TensorView&
   if (t.dtype != like.dtype) {
     return invalid_argument(std::string(name) + " must have " + like_name + "'s dtype " +
                             dtype_name(like.dtype) + ", got " + dtype_name(t.dtype));
+  }
+  return Status();
+}
+
+// Checks `t` against q/k-derived expectations for outputs shaped like an input (on CUDA with a
+// unit stride in the last dimension).
+Status check_like(const TensorView& t, const char* name, const TensorView& like,
+                  const char* like_name) {
+  PSA_RETURN_IF_ERROR(check_input_like(t, name, like, like_name));
+  if (t.device == Device::kCuda && t.stride[t.rank - 1] != 1) {
+    return invalid_argument(std::string(name) +
+                            " must have a unit stride in its last dimension on CUDA");
   }
   return Status();
 }

@@ -80,6 +80,29 @@ __device__ __forceinline__ float from_float<float>(float x) {
   return x;
 }
 
+// The grid of a persistent kernel with `smem_bytes` of dynamic shared memory: its shared-memory
+// limit raised to that, and as many CTAs as fit on the current device at once, at most
+// `work_items` and at least 1.
+template <typename Kernel>
+Status persistent_grid(int64_t* grid, Kernel kernel, int threads, int smem_bytes,
+                       int64_t work_items, const char* kernel_name) {
+  PSA_RETURN_IF_ERROR(cuda_check(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes),
+      kernel_name));
+  int device = 0, num_sms = 0, per_sm = 0;
+  PSA_RETURN_IF_ERROR(cuda_check(cudaGetDevice(&device), "cudaGetDevice"));
+  PSA_RETURN_IF_ERROR(cuda_check(
+      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
+      "cudaDeviceGetAttribute (multiprocessor count)"));
+  PSA_RETURN_IF_ERROR(cuda_check(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes),
+      "cudaOccupancyMaxActiveBlocksPerMultiprocessor"));
+  const int64_t resident = static_cast<int64_t>(num_sms) * (per_sm > 1 ? per_sm : 1);
+  *grid = work_items < resident ? work_items : resident;
+  if (*grid < 1) *grid = 1;
+  return Status();
+}
+
 // True when `ptr` is aligned for `bytes`-wide vector access.
 inline bool is_aligned(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;

@@ -124,18 +124,7 @@ Status attention_forward(TensorView out, TensorView lse, const TensorView& q, co
     p.lse_head_stride = lse.stride[1];
     p.lse_row_stride = lse.stride[2];
   }
-  const TensorView* level_k[kAttentionLevels] = {&k, &pyramid.k[0], &pyramid.k[1], &pyramid.k[2]};
-  const TensorView* level_v[kAttentionLevels] = {&v, &pyramid.v[0], &pyramid.v[1], &pyramid.v[2]};
-  for (int l = 0; l < kAttentionLevels; ++l) {
-    p.k[l] = level_k[l]->data;
-    p.v[l] = level_v[l]->data;
-    p.k_batch_stride[l] = level_k[l]->stride[0];
-    p.k_head_stride[l] = level_k[l]->stride[1];
-    p.k_row_stride[l] = level_k[l]->stride[2];
-    p.v_batch_stride[l] = level_v[l]->stride[0];
-    p.v_head_stride[l] = level_v[l]->stride[1];
-    p.v_row_stride[l] = level_v[l]->stride[2];
-  }
+  set_level_views(p, k, v, pyramid);
   p.counts = static_cast<const int32_t*>(plan.counts.data);
   p.blocks = static_cast<const int32_t*>(plan.blocks.data);
   p.batch = static_cast<int>(q.shape[0]);

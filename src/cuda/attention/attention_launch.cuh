@@ -4,9 +4,7 @@
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <string>
 
 #include "cuda/attention/attention_kernel.cuh"
 #include "cuda/attention/attention_launch.h"
@@ -16,23 +14,13 @@ namespace psa::cuda {
 
 template <typename Traits, typename Kernel>
 Status launch_attention_traits(Kernel kernel, const AttentionParams& params, cudaStream_t stream) {
-  PSA_RETURN_IF_ERROR(cuda_check(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes),
-      "cudaFuncSetAttribute (attention_forward_kernel dynamic shared memory)"));
   // Persistent CTAs, as many as fit at once; CTA c takes plan rows c, c + grid, ... in row order
   // (query block fastest), so the CTAs running together share the K/V of one head in L2.
-  int device = 0, num_sms = 0, per_sm = 0;
-  PSA_RETURN_IF_ERROR(cuda_check(cudaGetDevice(&device), "cudaGetDevice"));
-  PSA_RETURN_IF_ERROR(cuda_check(
-      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
-      "cudaDeviceGetAttribute (multiprocessor count)"));
-  PSA_RETURN_IF_ERROR(cuda_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                                     &per_sm, kernel, Traits::kNumThreads, Traits::kSmemBytes),
-                                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor"));
   const int64_t num_rows =
       static_cast<int64_t>(params.batch) * params.heads_q * params.num_q_blocks;
-  const int64_t grid = std::min<int64_t>(num_rows, static_cast<int64_t>(num_sms) *
-                                                       std::max(per_sm, 1));
+  int64_t grid = 0;
+  PSA_RETURN_IF_ERROR(persistent_grid(&grid, kernel, Traits::kNumThreads, Traits::kSmemBytes,
+                                      num_rows, "attention_forward_kernel (shared memory)"));
   kernel<<<static_cast<unsigned>(grid), Traits::kNumThreads, Traits::kSmemBytes, stream>>>(
       params);
   return check_launch("attention_forward_kernel");

@@ -463,19 +463,8 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
     p.dout_head_stride = dout.stride[1];
     p.dout_row_stride = dout.stride[2];
   }
-  const TensorView* level_k[kAttentionLevels] = {&k, &pyramid.k[0], &pyramid.k[1], &pyramid.k[2]};
-  const TensorView* level_v[kAttentionLevels] = {&v, &pyramid.v[0], &pyramid.v[1], &pyramid.v[2]};
-  for (int l = 0; l < kAttentionLevels; ++l) {
-    p.k[l] = level_k[l]->data;
-    p.v[l] = level_v[l]->data;
-    p.k_batch_stride[l] = level_k[l]->stride[0];
-    p.k_head_stride[l] = level_k[l]->stride[1];
-    p.k_row_stride[l] = level_k[l]->stride[2];
-    p.v_batch_stride[l] = level_v[l]->stride[0];
-    p.v_head_stride[l] = level_v[l]->stride[1];
-    p.v_row_stride[l] = level_v[l]->stride[2];
-    p.level_offset[l] = w.level_offset[l];
-  }
+  set_level_views(p, k, v, pyramid);
+  for (int l = 0; l < kAttentionLevels; ++l) p.level_offset[l] = w.level_offset[l];
   p.lse2 = rt.lse2;
   p.delta = rt.delta;
   p.row_terms_stride = w.row_terms_stride;

@@ -4,7 +4,6 @@
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 
 #include "cuda/attention/backward_kernel.cuh"
@@ -16,23 +15,13 @@ namespace psa::cuda {
 template <typename Traits>
 Status launch_backward_traits(const BackwardParams& params, cudaStream_t stream) {
   const auto kernel = attention_backward_kernel<Traits>;
-  PSA_RETURN_IF_ERROR(cuda_check(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes),
-      "cudaFuncSetAttribute (attention_backward_kernel dynamic shared memory)"));
-  // Persistent CTAs, as many as fit at once; rows are handed out in row order by the counter, so
-  // a CTA that is not resident yet holds no row anyone waits for.
-  int device = 0, num_sms = 0, per_sm = 0;
-  PSA_RETURN_IF_ERROR(cuda_check(cudaGetDevice(&device), "cudaGetDevice"));
-  PSA_RETURN_IF_ERROR(cuda_check(
-      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device),
-      "cudaDeviceGetAttribute (multiprocessor count)"));
-  PSA_RETURN_IF_ERROR(cuda_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                                     &per_sm, kernel, Traits::kNumThreads, Traits::kSmemBytes),
-                                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor"));
+  // Persistent CTAs, as many as fit at once; rows are handed out in order by the counter, so a
+  // CTA that is not resident yet holds no row anyone waits for.
   const int64_t num_rows =
       static_cast<int64_t>(params.batch) * params.heads_q * params.num_q_blocks;
-  const int64_t grid = std::max<int64_t>(
-      1, std::min<int64_t>(num_rows, static_cast<int64_t>(num_sms) * std::max(per_sm, 1)));
+  int64_t grid = 0;
+  PSA_RETURN_IF_ERROR(persistent_grid(&grid, kernel, Traits::kNumThreads, Traits::kSmemBytes,
+                                      num_rows, "attention_backward_kernel (shared memory)"));
   kernel<<<static_cast<unsigned>(grid), Traits::kNumThreads, Traits::kSmemBytes, stream>>>(
       params);
   return check_launch("attention_backward_kernel");
