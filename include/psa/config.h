@@ -39,6 +39,11 @@ struct Config {
   int samples_m = 0;
   int samples_n = 0;
   uint64_t seed = 0;
+  // Global index of this call's first query head, for a call that holds a slice of a larger head
+  // set (sequence parallelism after an all-to-all): the estimator draws the samples of query head
+  // h as head h + head_offset and those of its keys as kv head (h + head_offset) / (Hq / Hkv), so
+  // every slice gets exactly the plan of a call over all heads.
+  int64_t head_offset = 0;
 
   // Text tokens kept at full resolution: every key block holding one is level 1 in every row.
   int64_t text_len = 0;

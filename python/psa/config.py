@@ -77,6 +77,8 @@ class Config:
     of a row is skipped. sim_thresholds are for pool factors 2, 4, 8. softmax_scale 0 selects
     1/sqrt(head_dim); samples_m / samples_n 0 select block/4. deterministic (backward only):
     bitwise reproducible gradients; False allows a faster order-dependent accumulation.
+    head_offset: global index of the first query head when a call holds a slice of the heads
+    (sequence parallelism), so that the estimator draws what a call over all heads would.
     """
 
     block_m: int = 128
@@ -88,6 +90,7 @@ class Config:
     samples_m: int = 0
     samples_n: int = 0
     seed: int = 0
+    head_offset: int = 0
     text_len: int = 0
     text_position: str = "end"
     sim_cap: bool = False
@@ -108,6 +111,7 @@ class Config:
             "samples_m": _as_int("samples_m", self.samples_m),
             "samples_n": _as_int("samples_n", self.samples_n),
             "seed": _as_int("seed", self.seed, 0, 2**64),
+            "head_offset": _as_int("head_offset", self.head_offset, 0, 2**63),
             "text_len": _as_int("text_len", self.text_len, -2**63, 2**63),
             "text_position": _as_choice("text_position", self.text_position, TEXT_POSITIONS),
             "sim_cap": _as_bool("sim_cap", self.sim_cap),
@@ -154,6 +158,7 @@ class Config:
         native.samples_m = self.samples_m
         native.samples_n = self.samples_n
         native.seed = self.seed
+        native.head_offset = self.head_offset
         native.text_len = self.text_len
         native.text_position = getattr(_C.TextPosition, self.text_position)
         native.sim_cap = self.sim_cap
@@ -176,6 +181,7 @@ class Config:
             samples_m=native.samples_m,
             samples_n=native.samples_n,
             seed=native.seed,
+            head_offset=native.head_offset,
             text_len=native.text_len,
             text_position=native.text_position.name,
             sim_cap=native.sim_cap,

@@ -99,6 +99,7 @@ void bind_config(nb::module_& m) {
       .def_rw("min_full_ratio", &Config::min_full_ratio)
       .def_rw("samples_m", &Config::samples_m)
       .def_rw("samples_n", &Config::samples_n)
+      .def_rw("head_offset", &Config::head_offset)
       .def_rw("seed", &Config::seed)
       .def_rw("text_len", &Config::text_len)
       .def_rw("text_position", &Config::text_position)

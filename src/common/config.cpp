@@ -58,6 +58,9 @@ Status validate_config(const Config& c) {
     return invalid_argument("config.samples_m must be in [0, block_m] (0 = block_m/4), got " +
                             std::to_string(c.samples_m));
   }
+  if (c.head_offset < 0) {
+    return invalid_argument("config.head_offset must be >= 0, got " + std::to_string(c.head_offset));
+  }
   if (c.samples_n < 0 || c.samples_n > c.block_n) {
     return invalid_argument("config.samples_n must be in [0, block_n] (0 = block_n/4), got " +
                             std::to_string(c.samples_n));

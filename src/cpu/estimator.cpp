@@ -53,11 +53,14 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
   parallel_for(batch * heads_q, [&](int64_t bh) {
     const int64_t b = bh / heads_q, h = bh % heads_q, hkv = h / group;
     // Query offsets are keyed by the query head, key offsets by the kv head on their own counter
-    // stream (detail::key_offset_stream), so the query heads of a group share the sampled keys.
+    // stream (detail::key_offset_stream), so the query heads of a group share the sampled keys;
+    // both by their global index (config.head_offset).
     std::vector<int32_t> q_offsets(static_cast<size_t>(samples_m));
     std::vector<int32_t> k_offsets(static_cast<size_t>(samples_n));
-    detail::sample_offsets(q_offsets.data(), config.seed, b, h, static_cast<int>(block_m), samples_m);
-    detail::sample_offsets(k_offsets.data(), config.seed, b, detail::key_offset_stream(hkv),
+    const int64_t h_draw = h + config.head_offset, hkv_draw = h_draw / group;
+    detail::sample_offsets(q_offsets.data(), config.seed, b, h_draw, static_cast<int>(block_m),
+                           samples_m);
+    detail::sample_offsets(k_offsets.data(), config.seed, b, detail::key_offset_stream(hkv_draw),
                            static_cast<int>(block_n), samples_n);
     // (Mq, s_m, D) sampled queries and (Nk, s_n, D) sampled keys.
     std::vector<float> q_rows, k_rows;

@@ -68,6 +68,7 @@ struct EstimatorParams {
   int row_chunks;    // ceil(s_m / kRows) when G = 1, else 1
   int stages;        // key tiles in the ring, 2..kMaxStages
   uint64_t seed;
+  int64_t head_offset;  // global index of query head 0, for the draws (Config::head_offset)
   float scale;
   bool causal, vector;
 };
@@ -446,9 +447,10 @@ __global__ void __launch_bounds__(kThreads, 2) estimate_importance_kernel(Estima
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
   if (threadIdx.x == 0) {
-    detail::sample_offsets(q_offsets, p.seed, b, h, p.block_m, p.samples_m);
+    detail::sample_offsets(q_offsets, p.seed, b, h + p.head_offset, p.block_m, p.samples_m);
   } else if (threadIdx.x == 32) {
-    detail::sample_offsets(k_offsets, p.seed, b, detail::key_offset_stream(hkv), p.block_n,
+    const int64_t hkv_draw = (h + p.head_offset) / (p.heads_q / p.heads_kv);
+    detail::sample_offsets(k_offsets, p.seed, b, detail::key_offset_stream(hkv_draw), p.block_n,
                            p.samples_n);
   }
   int max_visible = 0;
@@ -670,6 +672,7 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
   p.samples_m = config.effective_samples_m();
   p.samples_n = config.effective_samples_n();
   p.seed = config.seed;
+  p.head_offset = config.head_offset;
   p.scale = config.softmax_scale > 0.0f
                 ? config.softmax_scale
                 : static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.head_dim)));

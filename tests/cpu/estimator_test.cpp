@@ -248,5 +248,32 @@ TEST(EstimatorScores, StridedInputsGiveTheSameScores) {
   EXPECT_EQ(test::max_abs_diff(strided, contiguous), 0.0) << test::replay_hint(seed);
 }
 
+TEST(EstimatorScores, HeadSliceWithOffsetMatchesTheFullCall) {
+  // Sequence parallelism: a call over query heads [2, 4) and their kv head, with head_offset 2,
+  // draws what the call over all 4 heads draws for those heads, so its scores are the same.
+  const uint64_t seed = test::test_seed(27);
+  const test::Qkv qkv = test::random_qkv(1, 4, 2, 200, 200, 32, DType::kFloat32, seed);
+  Config config = estimator_config(64, 32, seed);
+  const HostTensor full = run_estimator(qkv.q.view(), qkv.k.view(), config);
+  TensorView q_slice = qkv.q.view(), k_slice = qkv.k.view();
+  q_slice.shape[1] = 2;
+  q_slice.data = static_cast<float*>(q_slice.data) + 2 * q_slice.stride[1];
+  k_slice.shape[1] = 1;
+  k_slice.data = static_cast<float*>(k_slice.data) + k_slice.stride[1];
+  config.head_offset = 2;
+  const HostTensor slice = run_estimator(q_slice, k_slice, config);
+  const int64_t per_head = slice.numel() / 2;
+  ASSERT_GT(test::l2_norm(slice), 0.0);
+  for (int64_t n = 0; n < slice.numel(); ++n) {
+    ASSERT_EQ(slice.get(n), full.get(2 * per_head + n)) << "element " << n << " "
+                                                        << test::replay_hint(seed);
+  }
+  config.head_offset = 0;
+  const HostTensor unshifted = run_estimator(q_slice, k_slice, config);
+  EXPECT_GT(test::max_abs_diff(unshifted, slice), 0.0) << "the offset changes the draws";
+  config.head_offset = -1;
+  EXPECT_FALSE(validate_config(config).ok());
+}
+
 }  // namespace
 }  // namespace psa

@@ -137,6 +137,7 @@ struct EstimatorCase {
   int block_m, block_n;
   bool causal, strided;
   int samples_m = 0, samples_n = 0;
+  int64_t head_offset = 0;
 };
 
 void PrintTo(const EstimatorCase& c, std::ostream* os) { *os << c.name; }
@@ -159,6 +160,7 @@ TEST_P(AuxEstimator, MatchesCpu) {
   config.seed = seed;
   config.samples_m = c.samples_m;
   config.samples_n = c.samples_n;
+  config.head_offset = c.head_offset;
   const int64_t mq = (c.seq_q + c.block_m - 1) / c.block_m;
   const int64_t nk = (c.seq_k + c.block_n - 1) / c.block_n;
 
@@ -186,6 +188,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         EstimatorCase{"default_bf16", DType::kBFloat16, 1, 2, 2, 1024, 1024, 128, 128, 64, false, false},
         EstimatorCase{"ragged_fp16_gqa", DType::kFloat16, 2, 4, 2, 1000, 700, 64, 128, 32, false, false},
+        // A head slice of a sequence-parallel call: draws keyed by the global head.
+        EstimatorCase{"gqa_head_offset", DType::kBFloat16, 1, 4, 2, 1000, 700, 64, 128, 64, false, false, 0, 0, 6},
         EstimatorCase{"causal_lq_lt_lk", DType::kBFloat16, 1, 2, 1, 300, 900, 128, 64, 64, true, true},
         EstimatorCase{"causal_lq_gt_lk", DType::kFloat16, 1, 2, 2, 700, 400, 64, 64, 32, true, false},
         EstimatorCase{"block128_strided", DType::kBFloat16, 1, 3, 3, 640, 1280, 128, 128, 128, false, true},
