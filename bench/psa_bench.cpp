@@ -1,18 +1,36 @@
-// Benchmark of the CUDA attention forward on the WORKLOADS.md shapes (PERFORMANCE.md method):
-// random bf16 q, k, v (never zeros), two input sets rotated so that repeated runs do not sit in
-// L2, CUDA-event timing, median of --iters runs after --warmup runs. Plans: all-full (every block
-// level 1), only-8x (every block level 8, density 1/8) and topk-like mixes at densities ~0.1,
-// 0.15 and 0.3 (per-level fractions of a row's blocks, the blocks chosen at random per row), for
-// block_n 64 and 128, block_m 128. Plan "call" times the whole call at the plug-and-play default
-// config (block 128 x 64, topk .1/.15/.15/.35): pyramid, estimator, planner and attention, each
-// stage on its own events. Prints a table; --json PATH writes the rows as JSON.
+// Benchmark of the CUDA stages on the model shapes (PERFORMANCE.md method): bf16 q, k, v, two input
+// sets rotated so that repeated runs do not sit in L2, CUDA-event timing, median of --iters runs
+// after --warmup runs, every output checked once (poisoned before the first run, then all finite).
 //
-// Usage: psa_bench [--json PATH] [--shapes wan1.3b,cogvideox,wan14b] [--iters N] [--warmup N]
-//                  [--plans full,only8x,d0.10,d0.15,d0.30,call] [--block-n 64,128]
+// Inputs (--inputs): "structured" (default) takes q, k, v from the video-DiT-like workload
+// generator (WORKLOADS.md; seeds 0 and 1 for the two sets) on each model's token grid, so that the
+// estimator and planner see video-like attention; "random" takes i.i.d. normal values.
+//
+// Rows (--plans):
+//   full, only8x          every block level 1 / every block level 8 (density 1/8);
+//   d0.10, d0.15, d0.30   fixed per-level fractions of a row's blocks (the topk mixes below). With
+//                         --fixed-plans scores (the default on structured inputs) a row's blocks
+//                         are ranked by the estimator's scores on the inputs (the top f1 * Nk get
+//                         level 1, the next f2 * Nk level 2, ...), so the kernel sees video-like,
+//                         irregular plans; with "random" the ranking is a random permutation;
+//   call                  the whole call at the plug-and-play default config (block 128 x 64, topk
+//                         .1/.15/.15/.35) with block_n set to each --block-n: build_pyramid,
+//                         estimate_importance, plan_from_scores and attention_forward, each stage
+//                         between its own events;
+//   presets               the whole call, stage by stage, for every shipped sparse preset on the
+//                         shape of its model (Wan2.2 5B and CogVideoX1.5 have shapes of their own,
+//                         used by the preset rows only).
+// Prints a table; --json PATH writes the rows as JSON (bench/bench.py adds cuDNN's times).
+//
+// Usage: psa_bench [--json PATH] [--shapes wan1.3b,cogvideox,wan14b,wan2.2-5b,cogvideox1.5]
+//                  [--plans full,only8x,d0.10,d0.15,d0.30,call,presets] [--block-n 64,128]
+//                  [--inputs structured|random] [--fixed-plans scores|random]
+//                  [--iters N] [--warmup N]
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -28,17 +46,26 @@
 
 namespace {
 
+// A model's attention shape and token grid (WORKLOADS.md).
 struct Shape {
   std::string name;
-  int64_t batch, heads, seq, head_dim;
+  int64_t batch, heads, head_dim;
+  int64_t frames, height, width;
+  int64_t text_len;                   // text tokens first
+  std::array<int64_t, 3> rope_split;  // all zero: Wan's 44/42/42 proportions
+  std::vector<std::string> preset_models;
+  bool presets_only;  // a shape of its own for some presets, not one of the three bench shapes
+  int64_t seq() const { return text_len + frames * height * width; }
 };
 const Shape kShapes[] = {
-    {"wan1.3b", 1, 12, 32760, 128},
-    {"cogvideox", 1, 48, 17776, 64},
-    {"wan14b", 1, 40, 75600, 128},
+    {"wan1.3b", 1, 12, 128, 21, 30, 52, 0, {0, 0, 0}, {"Wan2.1_1.3b", "Wan2.1_1.3b_4steps"}, false},
+    {"cogvideox", 1, 48, 64, 13, 30, 45, 226, {16, 24, 24}, {"CogVideo_5b"}, false},
+    {"wan14b", 1, 40, 128, 21, 45, 80, 0, {0, 0, 0}, {"Wan2.1_14b", "Wan2.2_A14B"}, false},
+    {"wan2.2-5b", 1, 24, 128, 31, 22, 40, 0, {0, 0, 0}, {"Wan2.2_5B"}, true},
+    {"cogvideox1.5", 1, 48, 64, 11, 48, 85, 226, {16, 24, 24}, {"CogVideo1.5_5b"}, true},
 };
 
-// A plan family: the fraction of a row's blocks at levels 1, 2, 4, 8 (the rest skipped).
+// A fixed plan family: the fraction of a row's blocks at levels 1, 2, 4, 8 (the rest skipped).
 struct PlanSpec {
   std::string name;
   std::array<double, 4> fraction;
@@ -54,10 +81,16 @@ const PlanSpec kPlans[] = {
     {"d0.30", {0.25, 0.10, 0.05, 0.10}},
 };
 
-// Stage times of the whole call, in ms.
-struct CallTimes {
+// One timed configuration. Stage times are medians in ms; a fixed plan has only attention_ms.
+struct Row {
+  std::string shape, plan, order, preset;
+  int block_n = 0;
+  double density = 0.0;
+  std::array<double, 5> level_fraction = {};
+  bool whole_call = false;
   double pyramid_ms = 0.0, estimate_ms = 0.0, planner_ms = 0.0, attention_ms = 0.0;
-  double total_ms() const { return pyramid_ms + estimate_ms + planner_ms + attention_ms; }
+  double total_ms = 0.0;  // median of the per-run sums
+  double dense_tflops = 0.0, effective_tflops = 0.0;  // of the attention kernel
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -70,12 +103,36 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
+bool contains(const std::vector<std::string>& list, const std::string& s) {
+  return std::find(list.begin(), list.end(), s) != list.end();
+}
+
 bool check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
     std::fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(e));
     return false;
   }
   return true;
+}
+
+bool check(const psa::Status& st, const char* what) {
+  if (!st.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, st.to_string().c_str());
+    return false;
+  }
+  return true;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Round to nearest even, fp32 -> bf16 bits.
+uint16_t to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
 // Fills `count` bf16 values on the device from a random host pool, at a seed-dependent offset.
@@ -95,379 +152,517 @@ bool fill_random(void* dst, int64_t count, const std::vector<uint16_t>& pool, ui
   return true;
 }
 
+// An owning device allocation.
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr != nullptr) cudaFree(ptr);
+  }
+  bool allocate(size_t bytes, const char* what) {
+    return check(cudaMalloc(&ptr, std::max<size_t>(bytes, 1)), what);
+  }
+};
+
 struct Inputs {
-  void* q = nullptr;
-  void* k = nullptr;
-  void* v = nullptr;
-  void* pooled_k[psa::kNumPooledLevels] = {};
-  void* pooled_v[psa::kNumPooledLevels] = {};
+  DeviceBuffer q, k, v;
+  DeviceBuffer pooled_k[psa::kNumPooledLevels], pooled_v[psa::kNumPooledLevels];
   psa::TensorView qv, kv, vv;
   psa::PyramidView pyramid;
 };
 
-struct Row {
-  std::string shape, plan;
-  int block_n;
-  double density;
-  std::array<double, 5> level_fraction;
-  double median_ms;
-  double dense_tflops, effective_tflops;
-  bool whole_call = false;
-  CallTimes call;
+// The attention output and LSE of one shape.
+struct Outputs {
+  DeviceBuffer out, lse;
+  psa::TensorView out_view, lse_view;
+  int64_t numel = 0;
 };
 
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
+// Allocates one input set and fills it: from the workload generator (seed `set`) or the pool.
+bool make_inputs(Inputs* in, const Shape& shape, bool structured, int set,
+                 const std::vector<uint16_t>& pool) {
+  const int64_t b = shape.batch, h = shape.heads, l = shape.seq(), d = shape.head_dim;
+  const int64_t n = b * h * l * d;
+  if (!in->q.allocate(n * 2, "cudaMalloc q") || !in->k.allocate(n * 2, "cudaMalloc k") ||
+      !in->v.allocate(n * 2, "cudaMalloc v")) {
+    return false;
+  }
+  if (structured) {
+    psa::WorkloadSpec spec;
+    spec.batch = b;
+    spec.frames = shape.frames;
+    spec.height = shape.height;
+    spec.width = shape.width;
+    spec.heads = h;
+    spec.head_dim = d;
+    spec.text_len = shape.text_len;
+    spec.text_position = psa::TextPosition::kStart;
+    spec.rope_split = shape.rope_split;
+    spec.seed = static_cast<uint64_t>(set);
+    spec.dtype = psa::DType::kBFloat16;
+    psa::Workload wl;
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!check(psa::generate_workload(&wl, spec), "generate_workload")) return false;
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("%s input set %d: workload generated in %.1f s, mean local mass %.2f\n",
+                shape.name.c_str(), set, seconds, wl.stats.mean_local_mass);
+    if (!check(cudaMemcpy(in->q.ptr, wl.q.data<uint16_t>(), n * 2, cudaMemcpyHostToDevice),
+               "upload q") ||
+        !check(cudaMemcpy(in->k.ptr, wl.k.data<uint16_t>(), n * 2, cudaMemcpyHostToDevice),
+               "upload k") ||
+        !check(cudaMemcpy(in->v.ptr, wl.v.data<uint16_t>(), n * 2, cudaMemcpyHostToDevice),
+               "upload v")) {
+      return false;
+    }
+  } else if (!fill_random(in->q.ptr, n, pool, 3 * set + 1) ||
+             !fill_random(in->k.ptr, n, pool, 3 * set + 2) ||
+             !fill_random(in->v.ptr, n, pool, 3 * set + 3)) {
+    return false;
+  }
+  in->qv = psa::make_view(in->q.ptr, psa::DType::kBFloat16, {b, h, l, d}, psa::Device::kCuda);
+  in->kv = psa::make_view(in->k.ptr, psa::DType::kBFloat16, {b, h, l, d}, psa::Device::kCuda);
+  in->vv = psa::make_view(in->v.ptr, psa::DType::kBFloat16, {b, h, l, d}, psa::Device::kCuda);
+  for (int lv = 0; lv < psa::kNumPooledLevels; ++lv) {
+    const int64_t pl = (l + (2 << lv) - 1) / (2 << lv);
+    if (!in->pooled_k[lv].allocate(b * h * pl * d * 2, "cudaMalloc pyramid") ||
+        !in->pooled_v[lv].allocate(b * h * pl * d * 2, "cudaMalloc pyramid")) {
+      return false;
+    }
+    in->pyramid.k[lv] = psa::make_view(in->pooled_k[lv].ptr, psa::DType::kBFloat16,
+                                       {b, h, pl, d}, psa::Device::kCuda);
+    in->pyramid.v[lv] = psa::make_view(in->pooled_v[lv].ptr, psa::DType::kBFloat16,
+                                       {b, h, pl, d}, psa::Device::kCuda);
+  }
+  return check(psa::build_pyramid(in->pyramid, in->kv, in->vv), "build_pyramid");
 }
 
-// The whole call at the plug-and-play default config on rotated input sets: build_pyramid,
-// estimate_importance, plan_from_scores and attention_forward, each between its own events.
-// Fills the row's stage medians, its plan's density and level fractions.
-bool time_whole_call(Row* row, const Inputs* sets, int num_sets, const psa::TensorView& out,
-                     const psa::TensorView& lse, int iters, int warmup) {
-  const psa::Config config = psa::default_config();
+// Poisons the output (0xFF bytes: bf16 NaN) before a row's first run.
+bool poison_output(const Outputs& o) {
+  return check(cudaMemset(o.out.ptr, 0xFF, static_cast<size_t>(o.numel) * 2), "poison out");
+}
+
+// After a row's first run: every output value finite and not all zero.
+bool verify_output(const Outputs& o, const char* what) {
+  std::vector<uint16_t> host(static_cast<size_t>(o.numel));
+  if (!check(cudaMemcpy(host.data(), o.out.ptr, host.size() * 2, cudaMemcpyDeviceToHost),
+             "download out")) {
+    return false;
+  }
+  int64_t non_finite = 0, non_zero = 0;
+  for (uint16_t x : host) {
+    non_finite += (x & 0x7f80u) == 0x7f80u;
+    non_zero += (x & 0x7fffu) != 0;
+  }
+  if (non_finite > 0 || non_zero == 0) {
+    std::fprintf(stderr, "%s: output check failed: %lld non-finite values, %lld non-zero of %lld\n",
+                 what, static_cast<long long>(non_finite), static_cast<long long>(non_zero),
+                 static_cast<long long>(o.numel));
+    return false;
+  }
+  return true;
+}
+
+// A device plan of the problem of `in` under `config`, with the host copy it came from or goes to.
+struct DevicePlan {
+  psa::HostPlan host;
+  DeviceBuffer counts, blocks;
+  size_t counts_bytes = 0, blocks_bytes = 0;
+  psa::PlanView view;
+  bool allocate(const psa::TensorView& q, const psa::Config& config) {
+    const int64_t b = q.shape[0], h = q.shape[1], l = q.shape[2];
+    host = psa::make_host_plan(b, h, l, l, config);
+    counts_bytes = static_cast<size_t>(psa::numel(host.counts.view())) * 4;
+    blocks_bytes = static_cast<size_t>(psa::numel(host.blocks.view())) * 4;
+    if (!counts.allocate(counts_bytes, "cudaMalloc plan") ||
+        !blocks.allocate(blocks_bytes, "cudaMalloc plan")) {
+      return false;
+    }
+    view = host.view();
+    view.counts.data = counts.ptr;
+    view.counts.device = psa::Device::kCuda;
+    view.blocks.data = blocks.ptr;
+    view.blocks.device = psa::Device::kCuda;
+    return true;
+  }
+  bool upload() {
+    return check(cudaMemcpy(counts.ptr, host.counts.data<int32_t>(), counts_bytes,
+                            cudaMemcpyHostToDevice), "upload plan") &&
+           check(cudaMemcpy(blocks.ptr, host.blocks.data<int32_t>(), blocks_bytes,
+                            cudaMemcpyHostToDevice), "upload plan");
+  }
+  bool download() {
+    return check(cudaMemcpy(host.counts.data<int32_t>(), counts.ptr, counts_bytes,
+                            cudaMemcpyDeviceToHost), "download plan") &&
+           check(cudaMemcpy(host.blocks.data<int32_t>(), blocks.ptr, blocks_bytes,
+                            cudaMemcpyDeviceToHost), "download plan");
+  }
+  // Density and level fractions of the host copy into `row`.
+  bool statistics(Row* row) const {
+    psa::PlanStats stats;
+    if (!check(psa::plan_statistics(&stats, host.view()), "plan_statistics")) return false;
+    row->density = stats.density;
+    for (int i = 0; i < 5; ++i) row->level_fraction[i] = stats.level_fraction[i];
+    return true;
+  }
+};
+
+void set_tflops(Row* r, const Shape& shape) {
+  const double l = static_cast<double>(shape.seq());
+  const double dense_flops =
+      4.0 * static_cast<double>(shape.batch * shape.heads) * l * l * static_cast<double>(shape.head_dim);
+  r->dense_tflops = dense_flops / (r->attention_ms * 1e-3) / 1e12;
+  r->effective_tflops = r->density * r->dense_tflops;
+}
+
+// The whole call under `config` on rotated input sets: build_pyramid, estimate_importance,
+// plan_from_scores and attention_forward, each between its own events. Fills the row's stage
+// medians and its plan's density and level fractions (of the last run).
+bool time_whole_call(Row* row, const psa::Config& config, const Inputs* sets, int num_sets,
+                     const Outputs& o, int iters, int warmup) {
   const psa::TensorView& q0 = sets[0].qv;
   const int64_t b = q0.shape[0], h = q0.shape[1], l = q0.shape[2];
   const psa::PlanShape ps = psa::plan_shape(b, h, l, l, config);
-  psa::HostPlan host_plan = psa::make_host_plan(b, h, l, l, config);
-  void* scores = nullptr;
-  void* counts = nullptr;
-  void* blocks = nullptr;
-  void* workspace = nullptr;
+  DevicePlan plan;
+  DeviceBuffer scores, workspace;
   const size_t ws_bytes = psa::plan_workspace_bytes(ps, psa::Device::kCuda);
-  const size_t counts_bytes = static_cast<size_t>(psa::numel(host_plan.counts.view())) * 4;
-  const size_t blocks_bytes = static_cast<size_t>(psa::numel(host_plan.blocks.view())) * 4;
-  if (!check(cudaMalloc(&scores, static_cast<size_t>(ps.batch * ps.heads * ps.num_q_blocks *
-                                                     ps.num_k_blocks) * 4), "cudaMalloc scores") ||
-      !check(cudaMalloc(&counts, counts_bytes), "cudaMalloc plan") ||
-      !check(cudaMalloc(&blocks, blocks_bytes), "cudaMalloc plan") ||
-      !check(cudaMalloc(&workspace, std::max<size_t>(ws_bytes, 1)), "cudaMalloc workspace")) {
+  if (!plan.allocate(q0, config) ||
+      !scores.allocate(static_cast<size_t>(ps.batch * ps.heads * ps.num_q_blocks * ps.num_k_blocks) * 4,
+                       "cudaMalloc scores") ||
+      !workspace.allocate(ws_bytes, "cudaMalloc workspace")) {
     return false;
   }
   const psa::TensorView scores_view =
-      psa::make_view(scores, psa::DType::kFloat32,
+      psa::make_view(scores.ptr, psa::DType::kFloat32,
                      {ps.batch, ps.heads, ps.num_q_blocks, ps.num_k_blocks}, psa::Device::kCuda);
-  psa::PlanView plan = host_plan.view();
-  plan.counts.data = counts;
-  plan.counts.device = psa::Device::kCuda;
-  plan.blocks.data = blocks;
-  plan.blocks.device = psa::Device::kCuda;
 
   cudaEvent_t ev[5];
   for (auto& e : ev) cudaEventCreate(&e);
-  std::vector<double> pyramid, estimate, planner, attention, total;
-  for (int it = 0; it < warmup + iters; ++it) {
+  std::vector<double> stage[4], total;
+  bool ok = poison_output(o);
+  for (int it = 0; ok && it < warmup + iters; ++it) {
     const Inputs& in = sets[it % num_sets];
     cudaEventRecord(ev[0]);
     psa::Status st = psa::build_pyramid(in.pyramid, in.kv, in.vv);
     cudaEventRecord(ev[1]);
     if (st.ok()) st = psa::estimate_importance(scores_view, in.qv, in.kv, config);
     cudaEventRecord(ev[2]);
-    if (st.ok()) {
-      st = psa::plan_from_scores(plan, scores_view, in.kv, config, workspace, ws_bytes);
-    }
+    if (st.ok()) st = psa::plan_from_scores(plan.view, scores_view, in.kv, config, workspace.ptr,
+                                            ws_bytes);
     cudaEventRecord(ev[3]);
     if (st.ok()) {
-      st = psa::attention_forward(out, lse, in.qv, in.kv, in.vv, in.pyramid, plan, config);
+      st = psa::attention_forward(o.out_view, o.lse_view, in.qv, in.kv, in.vv, in.pyramid,
+                                  plan.view, config);
     }
     cudaEventRecord(ev[4]);
-    if (!st.ok()) {
-      std::fprintf(stderr, "whole call: %s\n", st.to_string().c_str());
-      return false;
+    ok = check(st, "whole call") && check(cudaEventSynchronize(ev[4]), "whole call");
+    if (ok && it == 0) ok = verify_output(o, "whole call");
+    if (!ok || it < warmup) continue;
+    double sum = 0.0;
+    for (int i = 0; i < 4; ++i) {
+      float ms = 0.0f;
+      cudaEventElapsedTime(&ms, ev[i], ev[i + 1]);
+      stage[i].push_back(ms);
+      sum += ms;
     }
-    if (!check(cudaEventSynchronize(ev[4]), "whole call")) return false;
-    float ms[4];
-    for (int i = 0; i < 4; ++i) cudaEventElapsedTime(&ms[i], ev[i], ev[i + 1]);
-    if (it >= warmup) {
-      pyramid.push_back(ms[0]);
-      estimate.push_back(ms[1]);
-      planner.push_back(ms[2]);
-      attention.push_back(ms[3]);
-      total.push_back(ms[0] + ms[1] + ms[2] + ms[3]);
-    }
+    total.push_back(sum);
   }
   for (auto& e : ev) cudaEventDestroy(e);
-  row->call.pyramid_ms = median(pyramid);
-  row->call.estimate_ms = median(estimate);
-  row->call.planner_ms = median(planner);
-  row->call.attention_ms = median(attention);
-  row->median_ms = median(total);
-
-  // The plan of the last run, for its density and level fractions.
-  bool ok = check(cudaMemcpy(host_plan.counts.data<int32_t>(), counts, counts_bytes,
-                             cudaMemcpyDeviceToHost), "copy plan") &&
-            check(cudaMemcpy(host_plan.blocks.data<int32_t>(), blocks, blocks_bytes,
-                             cudaMemcpyDeviceToHost), "copy plan");
-  psa::PlanStats stats;
-  if (ok) {
-    const psa::Status st = psa::plan_statistics(&stats, host_plan.view());
-    if (!st.ok()) {
-      std::fprintf(stderr, "plan_statistics: %s\n", st.to_string().c_str());
-      ok = false;
-    }
-  }
-  row->density = stats.density;
-  for (int i = 0; i < 5; ++i) row->level_fraction[i] = stats.level_fraction[i];
+  if (!ok) return false;
+  row->pyramid_ms = median(stage[0]);
+  row->estimate_ms = median(stage[1]);
+  row->planner_ms = median(stage[2]);
+  row->attention_ms = median(stage[3]);
+  row->total_ms = median(total);
   row->block_n = config.block_n;
   row->whole_call = true;
-  cudaFree(scores);
-  cudaFree(counts);
-  cudaFree(blocks);
-  cudaFree(workspace);
-  return ok;
+  return plan.download() && plan.statistics(row);
+}
+
+// Per plan row, the order in which its key blocks receive levels: the estimator's ranking of the
+// row (highest score first, ties to the lower index) or a random permutation. (rows, Nk) int32.
+bool block_orders(std::vector<int32_t>* order, const Inputs& in, const psa::Config& config,
+                  bool from_scores, std::mt19937_64& rng) {
+  const int64_t b = in.qv.shape[0], h = in.qv.shape[1], l = in.qv.shape[2];
+  const psa::PlanShape ps = psa::plan_shape(b, h, l, l, config);
+  const int64_t rows = ps.batch * ps.heads * ps.num_q_blocks, nk = ps.num_k_blocks;
+  order->resize(static_cast<size_t>(rows * nk));
+  std::vector<float> scores;
+  if (from_scores) {
+    DeviceBuffer dev;
+    if (!dev.allocate(static_cast<size_t>(rows * nk) * 4, "cudaMalloc scores")) return false;
+    const psa::TensorView view = psa::make_view(
+        dev.ptr, psa::DType::kFloat32, {ps.batch, ps.heads, ps.num_q_blocks, nk},
+        psa::Device::kCuda);
+    scores.resize(static_cast<size_t>(rows * nk));
+    if (!check(psa::estimate_importance(view, in.qv, in.kv, config), "estimate_importance") ||
+        !check(cudaMemcpy(scores.data(), dev.ptr, scores.size() * 4, cudaMemcpyDeviceToHost),
+               "download scores")) {
+      return false;
+    }
+  }
+  for (int64_t row = 0; row < rows; ++row) {
+    int32_t* o = order->data() + row * nk;
+    std::iota(o, o + nk, 0);
+    if (from_scores) {
+      const float* s = scores.data() + row * nk;
+      std::stable_sort(o, o + nk, [s](int32_t a, int32_t c) { return s[a] > s[c]; });
+    } else {
+      std::shuffle(o, o + nk, rng);
+    }
+  }
+  return true;
+}
+
+// A fixed plan: in each row, the first round(f1 * Nk) blocks of its order at level 1, the next
+// round(f2 * Nk) at level 2, ... (each level's list ascending, as the plan format requires).
+void fill_fixed_plan(psa::HostPlan* plan, const PlanSpec& spec, const std::vector<int32_t>& order) {
+  const int64_t rows = plan->counts.numel() / psa::kNumLevels, nk = plan->blocks.shape()[3];
+  auto* counts = plan->counts.data<int32_t>();
+  auto* blocks = plan->blocks.data<int32_t>();
+  for (int64_t row = 0; row < rows; ++row) {
+    const int32_t* o = order.data() + row * nk;
+    int32_t* out = blocks + row * nk;
+    int64_t start = 0;
+    for (int lv = 0; lv < psa::kNumLevels; ++lv) {
+      int64_t count = std::llround(spec.fraction[lv] * static_cast<double>(nk));
+      count = std::min(count, nk - start);
+      if (lv == 0 && count == 0 && spec.fraction[0] > 0.0) count = 1;
+      std::copy(o + start, o + start + count, out + start);
+      std::sort(out + start, out + start + count);
+      counts[row * psa::kNumLevels + lv] = static_cast<int32_t>(count);
+      start += count;
+    }
+    std::fill(out + start, out + nk, 0);
+  }
+}
+
+// The attention kernel alone on a fixed plan, on rotated input sets.
+bool time_attention(Row* row, const DevicePlan& plan, const psa::Config& config,
+                    const Inputs* sets, int num_sets, const Outputs& o, int iters, int warmup) {
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<double> times;
+  bool ok = poison_output(o);
+  for (int it = 0; ok && it < warmup + iters; ++it) {
+    const Inputs& in = sets[it % num_sets];
+    cudaEventRecord(start);
+    const psa::Status st = psa::attention_forward(o.out_view, o.lse_view, in.qv, in.kv, in.vv,
+                                                  in.pyramid, plan.view, config);
+    cudaEventRecord(stop);
+    ok = check(st, "attention_forward") && check(cudaEventSynchronize(stop), "attention_forward");
+    if (ok && it == 0) ok = verify_output(o, "attention_forward");
+    if (!ok || it < warmup) continue;
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, start, stop);
+    times.push_back(ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  if (!ok) return false;
+  row->attention_ms = median(times);
+  row->total_ms = row->attention_ms;
+  return true;
+}
+
+void print_row(const Row& r) {
+  std::printf("%-12s %-7s %-7s %4d %7.4f %5.3f/%5.3f/%5.3f/%5.3f/%5.3f %9.3f %9.1f %9.1f",
+              r.shape.c_str(), r.plan.c_str(), r.order.c_str(), r.block_n, r.density,
+              r.level_fraction[0], r.level_fraction[1], r.level_fraction[2], r.level_fraction[3],
+              r.level_fraction[4], r.total_ms, r.dense_tflops, r.effective_tflops);
+  if (r.whole_call) {
+    std::printf("  (pyramid %.3f, estimate %.3f, planner %.3f, attention %.3f ms)", r.pyramid_ms,
+                r.estimate_ms, r.planner_ms, r.attention_ms);
+  }
+  if (!r.preset.empty()) std::printf("  %s", r.preset.c_str());
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
+void write_json(const std::string& path, const char* device, const std::string& inputs,
+                const std::string& fixed_plans, const std::vector<Row>& rows) {
+  std::ofstream f(path);
+  f.precision(9);
+  f << "{\n  \"device\": \"" << device << "\",\n  \"inputs\": \"" << inputs
+    << "\",\n  \"fixed_plans\": \"" << fixed_plans << "\",\n  \"rows\": [\n";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    f << "    {\"shape\": \"" << r.shape << "\", \"plan\": \"" << r.plan << "\", \"order\": \""
+      << r.order << "\", \"preset\": \"" << r.preset << "\", \"block_n\": " << r.block_n
+      << ", \"density\": " << r.density << ", \"level_fraction\": [" << r.level_fraction[0]
+      << ", " << r.level_fraction[1] << ", " << r.level_fraction[2] << ", "
+      << r.level_fraction[3] << ", " << r.level_fraction[4] << "], \"median_ms\": " << r.total_ms
+      << ", \"attention_ms\": " << r.attention_ms << ", \"dense_tflops\": " << r.dense_tflops
+      << ", \"effective_tflops\": " << r.effective_tflops
+      << ", \"whole_call\": " << (r.whole_call ? "true" : "false");
+    if (r.whole_call) {
+      f << ", \"pyramid_ms\": " << r.pyramid_ms << ", \"estimate_ms\": " << r.estimate_ms
+        << ", \"planner_ms\": " << r.planner_ms;
+    }
+    f << "}" << (i + 1 < rows.size() ? ",\n" : "\n");
+  }
+  f << "  ]\n}\n";
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string json_path, shapes_arg = "wan1.3b,cogvideox,wan14b";
-  std::string plans_arg = "full,only8x,d0.10,d0.15,d0.30,call", block_n_arg = "64,128";
+  std::string json_path, shapes_arg = "wan1.3b,cogvideox,wan14b,wan2.2-5b,cogvideox1.5";
+  std::string plans_arg = "full,only8x,d0.10,d0.15,d0.30,call,presets", block_n_arg = "64,128";
+  std::string inputs = "structured", fixed_plans;
   int iters = 10, warmup = 3;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string key = argv[i], value = argv[i + 1];
+  for (int i = 1; i < argc; i += 2) {
+    const std::string key = argv[i];
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "option %s needs a value\n", key.c_str());
+      return 2;
+    }
+    const std::string value = argv[i + 1];
     if (key == "--json") json_path = value;
     else if (key == "--shapes") shapes_arg = value;
     else if (key == "--plans") plans_arg = value;
     else if (key == "--block-n") block_n_arg = value;
-    else if (key == "--iters") iters = std::max(1, std::stoi(value));
-    else if (key == "--warmup") warmup = std::max(0, std::stoi(value));
+    else if (key == "--inputs") inputs = value;
+    else if (key == "--fixed-plans") fixed_plans = value;
+    else if (key == "--iters") iters = std::max(1, std::atoi(value.c_str()));
+    else if (key == "--warmup") warmup = std::max(0, std::atoi(value.c_str()));
     else {
       std::fprintf(stderr, "unknown option %s\n", key.c_str());
       return 2;
     }
   }
+  if (inputs != "structured" && inputs != "random") {
+    std::fprintf(stderr, "--inputs must be structured or random, got %s\n", inputs.c_str());
+    return 2;
+  }
+  const bool structured = inputs == "structured";
+  if (fixed_plans.empty()) fixed_plans = structured ? "scores" : "random";
+  if (fixed_plans != "scores" && fixed_plans != "random") {
+    std::fprintf(stderr, "--fixed-plans must be scores or random, got %s\n", fixed_plans.c_str());
+    return 2;
+  }
   const auto wanted_shapes = split(shapes_arg);
   const auto wanted_plans = split(plans_arg);
+  for (const auto& s : wanted_shapes) {
+    const bool known = std::any_of(std::begin(kShapes), std::end(kShapes),
+                                   [&](const Shape& x) { return x.name == s; });
+    if (!known) {
+      std::fprintf(stderr, "unknown shape %s\n", s.c_str());
+      return 2;
+    }
+  }
   std::vector<int> block_ns;
-  for (const auto& s : split(block_n_arg)) block_ns.push_back(std::stoi(s));
+  for (const auto& s : split(block_n_arg)) {
+    const int bn = std::atoi(s.c_str());
+    if (bn != 32 && bn != 64 && bn != 128) {
+      std::fprintf(stderr, "--block-n values must be 32, 64 or 128, got %s\n", s.c_str());
+      return 2;
+    }
+    block_ns.push_back(bn);
+  }
 
   cudaDeviceProp prop{};
   if (!check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties")) return 1;
-  std::printf("device: %s\n", prop.name);
+  std::printf("device: %s, inputs: %s, fixed plans ranked by %s\n", prop.name, inputs.c_str(),
+              fixed_plans == "scores" ? "the estimator's scores" : "a random permutation");
+  psa::PresetLibrary presets;
+  if (!check(psa::PresetLibrary::load_builtin(&presets), "load_builtin")) return 1;
 
   std::mt19937_64 rng(12345);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<uint16_t> pool((1 << 24) + 4099);
-  for (auto& x : pool) {
-    float f = normal(rng);
-    uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    x = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  std::vector<uint16_t> pool;
+  if (!structured) {
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    pool.resize((1 << 24) + 4099);
+    for (auto& x : pool) x = to_bf16(normal(rng));
   }
 
   std::vector<Row> rows;
-  std::printf("%-10s %-7s %4s %7s %28s %10s %10s %10s\n", "shape", "plan", "bn", "density",
-              "levels 0/1/2/4/8", "ms", "dense TF/s", "eff TF/s");
+  std::printf("%-12s %-7s %-7s %4s %7s %29s %9s %9s %9s\n", "shape", "plan", "order", "bn",
+              "density", "levels 0/1/2/4/8", "ms", "dense TF/s", "eff TF/s");
   for (const Shape& shape : kShapes) {
-    if (std::find(wanted_shapes.begin(), wanted_shapes.end(), shape.name) == wanted_shapes.end()) {
-      continue;
-    }
-    const int64_t b = shape.batch, h = shape.heads, l = shape.seq, d = shape.head_dim;
+    if (!contains(wanted_shapes, shape.name)) continue;
+    const bool want_presets = contains(wanted_plans, "presets");
+    if (shape.presets_only && !want_presets) continue;
+    const int64_t b = shape.batch, h = shape.heads, l = shape.seq(), d = shape.head_dim;
     constexpr int kSets = 2;
     Inputs sets[kSets];
-    const int64_t n = b * h * l * d;
     for (int s = 0; s < kSets; ++s) {
-      Inputs& in = sets[s];
-      if (!check(cudaMalloc(&in.q, n * 2), "cudaMalloc q") ||
-          !check(cudaMalloc(&in.k, n * 2), "cudaMalloc k") ||
-          !check(cudaMalloc(&in.v, n * 2), "cudaMalloc v")) {
-        return 1;
-      }
-      if (!fill_random(in.q, n, pool, 3 * s + 1) || !fill_random(in.k, n, pool, 3 * s + 2) ||
-          !fill_random(in.v, n, pool, 3 * s + 3)) {
-        return 1;
-      }
-      in.qv = psa::make_view(in.q, psa::DType::kBFloat16, {b, h, l, d}, psa::Device::kCuda);
-      in.kv = psa::make_view(in.k, psa::DType::kBFloat16, {b, h, l, d}, psa::Device::kCuda);
-      in.vv = psa::make_view(in.v, psa::DType::kBFloat16, {b, h, l, d}, psa::Device::kCuda);
-      for (int lv = 0; lv < psa::kNumPooledLevels; ++lv) {
-        const int64_t pl = (l + (2 << lv) - 1) / (2 << lv);
-        if (!check(cudaMalloc(&in.pooled_k[lv], b * h * pl * d * 2), "cudaMalloc pyramid") ||
-            !check(cudaMalloc(&in.pooled_v[lv], b * h * pl * d * 2), "cudaMalloc pyramid")) {
-          return 1;
-        }
-        in.pyramid.k[lv] = psa::make_view(in.pooled_k[lv], psa::DType::kBFloat16, {b, h, pl, d},
-                                          psa::Device::kCuda);
-        in.pyramid.v[lv] = psa::make_view(in.pooled_v[lv], psa::DType::kBFloat16, {b, h, pl, d},
-                                          psa::Device::kCuda);
-      }
-      const psa::Status st = psa::build_pyramid(in.pyramid, in.kv, in.vv);
-      if (!st.ok()) {
-        // The timing does not depend on the pooled values; fill them when no pyramid kernel runs.
-        std::fprintf(stderr, "build_pyramid: %s (filling the pyramid with random values)\n",
-                     st.to_string().c_str());
-        for (int lv = 0; lv < psa::kNumPooledLevels; ++lv) {
-          const int64_t pn = psa::numel(in.pyramid.k[lv]);
-          if (!fill_random(in.pooled_k[lv], pn, pool, 100 + lv) ||
-              !fill_random(in.pooled_v[lv], pn, pool, 200 + lv)) {
-            return 1;
-          }
-        }
-      }
+      if (!make_inputs(&sets[s], shape, structured, s, pool)) return 1;
     }
-    void* out = nullptr;
-    float* lse = nullptr;
-    if (!check(cudaMalloc(&out, n * 2), "cudaMalloc out") ||
-        !check(cudaMalloc(&lse, b * h * l * 4), "cudaMalloc lse")) {
+    Outputs o;
+    o.numel = b * h * l * d;
+    if (!o.out.allocate(o.numel * 2, "cudaMalloc out") ||
+        !o.lse.allocate(b * h * l * 4, "cudaMalloc lse")) {
       return 1;
     }
-    const psa::TensorView out_view =
-        psa::make_view(out, psa::DType::kBFloat16, {b, h, l, d}, psa::Device::kCuda);
-    const psa::TensorView lse_view =
-        psa::make_view(lse, psa::DType::kFloat32, {b, h, l}, psa::Device::kCuda);
+    o.out_view = psa::make_view(o.out.ptr, psa::DType::kBFloat16, {b, h, l, d}, psa::Device::kCuda);
+    o.lse_view = psa::make_view(o.lse.ptr, psa::DType::kFloat32, {b, h, l}, psa::Device::kCuda);
 
-    for (int block_n : block_ns) {
+    for (int block_n : shape.presets_only ? std::vector<int>{} : block_ns) {
       psa::Config config;
       config.block_m = 128;
       config.block_n = block_n;
+      config.tile_n = std::min(config.tile_n, block_n);
+      std::vector<int32_t> order;
       for (const PlanSpec& spec : kPlans) {
-        if (std::find(wanted_plans.begin(), wanted_plans.end(), spec.name) == wanted_plans.end()) {
-          continue;
-        }
-        // Level map -> plan on the host: per row, a random permutation of the blocks gives the
-        // first round(f1 * Nk) level 1, the next level 2, ...
-        psa::HostPlan plan = psa::make_host_plan(b, h, l, l, config);
-        const int64_t mq = plan.counts.shape()[2], nk = plan.blocks.shape()[3];
-        auto* counts = plan.counts.data<int32_t>();
-        auto* blocks = plan.blocks.data<int32_t>();
-        std::vector<int32_t> perm(static_cast<size_t>(nk));
-        std::array<double, 5> level_count = {};
-        double density_sum = 0.0;
-        for (int64_t row = 0; row < b * h * mq; ++row) {
-          std::iota(perm.begin(), perm.end(), 0);
-          std::shuffle(perm.begin(), perm.end(), rng);
-          int64_t start = 0, n_out = 0;
-          double row_density = 0.0;
-          for (int lv = 0; lv < psa::kNumLevels; ++lv) {
-            int64_t count = std::llround(spec.fraction[lv] * static_cast<double>(nk));
-            count = std::min(count, nk - start);
-            if (lv == 0 && count == 0 && spec.fraction[0] > 0.0) count = 1;
-            std::vector<int32_t> chosen(perm.begin() + start, perm.begin() + start + count);
-            std::sort(chosen.begin(), chosen.end());
-            for (int32_t j : chosen) blocks[row * nk + n_out++] = j;
-            counts[row * psa::kNumLevels + lv] = static_cast<int32_t>(count);
-            level_count[lv + 1] += static_cast<double>(count);
-            row_density += static_cast<double>(count) / psa::kLevelFactors[lv];
-            start += count;
-          }
-          level_count[0] += static_cast<double>(nk - start);
-          for (; n_out < nk; ++n_out) blocks[row * nk + n_out] = 0;
-          density_sum += row_density / static_cast<double>(nk);
-        }
-        const double total_pairs = static_cast<double>(b * h * mq * nk);
+        if (!contains(wanted_plans, spec.name)) continue;
+        const bool ranked = spec.name != "full" && spec.name != "only8x";
         Row r;
         r.shape = shape.name;
         r.plan = spec.name;
+        r.order = ranked ? fixed_plans : "-";
         r.block_n = block_n;
-        r.density = density_sum / static_cast<double>(b * h * mq);
-        for (int i = 0; i < 5; ++i) r.level_fraction[i] = level_count[i] / total_pairs;
-
-        void* dev_counts = nullptr;
-        void* dev_blocks = nullptr;
-        const size_t counts_bytes = static_cast<size_t>(psa::numel(plan.counts.view())) * 4;
-        const size_t blocks_bytes = static_cast<size_t>(psa::numel(plan.blocks.view())) * 4;
-        if (!check(cudaMalloc(&dev_counts, counts_bytes), "cudaMalloc plan") ||
-            !check(cudaMalloc(&dev_blocks, blocks_bytes), "cudaMalloc plan") ||
-            !check(cudaMemcpy(dev_counts, counts, counts_bytes, cudaMemcpyHostToDevice), "copy") ||
-            !check(cudaMemcpy(dev_blocks, blocks, blocks_bytes, cudaMemcpyHostToDevice), "copy")) {
+        if (order.empty() && !block_orders(&order, sets[0], config, fixed_plans == "scores", rng)) {
           return 1;
         }
-        psa::PlanView pv = plan.view();
-        pv.counts.data = dev_counts;
-        pv.counts.device = psa::Device::kCuda;
-        pv.blocks.data = dev_blocks;
-        pv.blocks.device = psa::Device::kCuda;
-
-        cudaEvent_t start_ev, stop_ev;
-        cudaEventCreate(&start_ev);
-        cudaEventCreate(&stop_ev);
-        std::vector<float> times;
-        for (int it = 0; it < warmup + iters; ++it) {
-          const Inputs& in = sets[it % kSets];
-          cudaEventRecord(start_ev);
-          const psa::Status st = psa::attention_forward(out_view, lse_view, in.qv, in.kv, in.vv,
-                                                        in.pyramid, pv, config);
-          cudaEventRecord(stop_ev);
-          if (!st.ok()) {
-            std::fprintf(stderr, "attention_forward: %s\n", st.to_string().c_str());
-            return 1;
-          }
-          if (!check(cudaEventSynchronize(stop_ev), "attention_forward")) return 1;
-          float ms = 0.0f;
-          cudaEventElapsedTime(&ms, start_ev, stop_ev);
-          if (it >= warmup) times.push_back(ms);
+        DevicePlan plan;
+        if (!plan.allocate(sets[0].qv, config)) return 1;
+        fill_fixed_plan(&plan.host, spec, order);
+        if (!plan.upload() || !plan.statistics(&r) ||
+            !time_attention(&r, plan, config, sets, kSets, o, iters, warmup)) {
+          return 1;
         }
-        cudaEventDestroy(start_ev);
-        cudaEventDestroy(stop_ev);
-        cudaFree(dev_counts);
-        cudaFree(dev_blocks);
-        std::sort(times.begin(), times.end());
-        r.median_ms = times[times.size() / 2];
-        const double dense_flops = 4.0 * static_cast<double>(b * h) * static_cast<double>(l) *
-                                   static_cast<double>(l) * static_cast<double>(d);
-        r.dense_tflops = dense_flops / (r.median_ms * 1e-3) / 1e12;
-        r.effective_tflops = r.density * r.dense_tflops;
+        set_tflops(&r, shape);
         rows.push_back(r);
-        std::printf("%-10s %-7s %4d %7.4f %5.3f/%5.3f/%5.3f/%5.3f/%5.3f %10.3f %10.1f %10.1f\n",
-                    r.shape.c_str(), r.plan.c_str(), r.block_n, r.density, r.level_fraction[0],
-                    r.level_fraction[1], r.level_fraction[2], r.level_fraction[3],
-                    r.level_fraction[4], r.median_ms, r.dense_tflops, r.effective_tflops);
-        std::fflush(stdout);
+        print_row(r);
+      }
+      if (contains(wanted_plans, "call")) {
+        psa::Config call = psa::default_config();
+        call.block_n = block_n;
+        call.tile_n = std::min(call.tile_n, block_n);
+        Row r;
+        r.shape = shape.name;
+        r.plan = "call";
+        r.order = "planner";
+        if (!time_whole_call(&r, call, sets, kSets, o, iters, warmup)) return 1;
+        set_tflops(&r, shape);
+        rows.push_back(r);
+        print_row(r);
       }
     }
-    if (std::find(wanted_plans.begin(), wanted_plans.end(), "call") != wanted_plans.end()) {
-      Row r;
-      r.shape = shape.name;
-      r.plan = "call";
-      if (!time_whole_call(&r, sets, kSets, out_view, lse_view, iters, warmup)) return 1;
-      const double dense_flops = 4.0 * static_cast<double>(b * h) * static_cast<double>(l) *
-                                 static_cast<double>(l) * static_cast<double>(d);
-      r.dense_tflops = dense_flops / (r.median_ms * 1e-3) / 1e12;
-      r.effective_tflops = r.density * r.dense_tflops;
-      rows.push_back(r);
-      std::printf("%-10s %-7s %4d %7.4f %5.3f/%5.3f/%5.3f/%5.3f/%5.3f %10.3f %10.1f %10.1f"
-                  "  (pyramid %.3f, estimate %.3f, planner %.3f, attention %.3f ms)\n",
-                  r.shape.c_str(), r.plan.c_str(), r.block_n, r.density, r.level_fraction[0],
-                  r.level_fraction[1], r.level_fraction[2], r.level_fraction[3],
-                  r.level_fraction[4], r.median_ms, r.dense_tflops, r.effective_tflops,
-                  r.call.pyramid_ms, r.call.estimate_ms, r.call.planner_ms, r.call.attention_ms);
-      std::fflush(stdout);
-    }
-    for (auto& in : sets) {
-      cudaFree(in.q);
-      cudaFree(in.k);
-      cudaFree(in.v);
-      for (int lv = 0; lv < psa::kNumPooledLevels; ++lv) {
-        cudaFree(in.pooled_k[lv]);
-        cudaFree(in.pooled_v[lv]);
+    if (want_presets) {
+      for (const psa::ModelPresets& model : presets.models()) {
+        if (!contains(shape.preset_models, model.model)) continue;
+        for (const psa::Preset& preset : model.presets) {
+          if (preset.dense) continue;
+          psa::Config config = preset.config;
+          if (config.text_len > 0) config.text_position = psa::TextPosition::kStart;
+          Row r;
+          r.shape = shape.name;
+          r.plan = "preset";
+          r.order = "planner";
+          r.preset = model.model + ":" + preset.name;
+          if (!time_whole_call(&r, config, sets, kSets, o, iters, warmup)) return 1;
+          set_tflops(&r, shape);
+          rows.push_back(r);
+          print_row(r);
+        }
       }
     }
-    cudaFree(out);
-    cudaFree(lse);
   }
-
-  if (!json_path.empty()) {
-    std::ofstream f(json_path);
-    f << "{\n  \"device\": \"" << prop.name << "\",\n  \"rows\": [\n";
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const Row& r = rows[i];
-      f << "    {\"shape\": \"" << r.shape << "\", \"plan\": \"" << r.plan
-        << "\", \"block_n\": " << r.block_n << ", \"density\": " << r.density
-        << ", \"level_fraction\": [" << r.level_fraction[0] << ", " << r.level_fraction[1] << ", "
-        << r.level_fraction[2] << ", " << r.level_fraction[3] << ", " << r.level_fraction[4]
-        << "], \"median_ms\": " << r.median_ms << ", \"dense_tflops\": " << r.dense_tflops
-        << ", \"effective_tflops\": " << r.effective_tflops;
-      if (r.whole_call) {
-        f << ", \"pyramid_ms\": " << r.call.pyramid_ms << ", \"estimate_ms\": "
-          << r.call.estimate_ms << ", \"planner_ms\": " << r.call.planner_ms
-          << ", \"attention_ms\": " << r.call.attention_ms;
-      }
-      f << "}"
-        << (i + 1 < rows.size() ? ",\n" : "\n");
-    }
-    f << "  ]\n}\n";
-  }
+  if (!json_path.empty()) write_json(json_path, prop.name, inputs, fixed_plans, rows);
   return 0;
 }
