@@ -213,7 +213,8 @@ def main():
     json_path = args.json or os.path.join(RESULTS_DIR, card_slug(device) + ".json")
     png_path = args.png or os.path.splitext(json_path)[0] + ".png"
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    record = {"card": device, "device": device, "inputs": args.inputs, "fixed_plans": psa.get("fixed_plans"),
+    record = {"card": device, "device": device, "inputs": args.inputs,
+              "fixed_plans": psa.get("fixed_plans"),
               "torch": torch.__version__, "cudnn": cudnn, "results": results,
               "kernel": kernel_rows, "presets": presets, "rows": rows}
     with open(json_path, "w") as f:
