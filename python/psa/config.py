@@ -206,9 +206,14 @@ def _config_from_key(key: str) -> Config:
     return Config(**fields)
 
 
+# Read once at import: a Config is frozen, and a call into the extension here would break
+# torch.compile(fullgraph=True) of psa.attention without a config (dynamo cannot trace it).
+_DEFAULT_CONFIG = Config.from_native(_C.default_config())
+
+
 def default_config() -> Config:
     """The plug-and-play default: block_m 128, block_n 64, tile_n 32, topk ends .1/.15/.15/.35."""
-    return Config.from_native(_C.default_config())
+    return _DEFAULT_CONFIG
 
 
 @dataclasses.dataclass(frozen=True)

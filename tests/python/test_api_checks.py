@@ -37,6 +37,19 @@ def test_preset_selector_traces_under_compile_fullgraph(selector):
     assert torch.equal(compiled(q, k, v), step(q, k, v))
 
 
+def test_default_config_traces_under_compile_fullgraph():
+    """psa.attention without config or preset (the plug-and-play default) in a fullgraph region:
+    the default must not be read from the extension while dynamo traces."""
+    seed = seed_from_env(40100)
+    q, k, v = random_qkv(seed, 1, 2, 2, 256, 256, 64)
+
+    def step(q, k, v):
+        return psa.attention(q, k, v)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(q, k, v), step(q, k, v))
+
+
 def test_unknown_preset_selector_says_so_under_compile():
     q, k, v = random_qkv(1, 1, 1, 1, 64, 64, 32)
 
