@@ -90,11 +90,19 @@ def run_model(name, layers, preset, iters):
 
     t0 = time.time()
     dense_ms = time_step(model, inputs, iters)
+    handle = psa_diffusers.apply(model, preset=preset or None, warmup_steps=0)
+    handle.set_step(0)
+    psa_ms = time_step(model, inputs, iters)
+    calls, fallback_calls = handle.calls, handle.fallback_calls
+    psa_diffusers.remove(model)
+    # The density from one more forward with statistics on, outside the timing (the statistics
+    # copy plan figures to the host after every call).
     stats_path = os.path.join(tempfile.mkdtemp(), "stats.jsonl")
     handle = psa_diffusers.apply(model, preset=preset or None, warmup_steps=0,
                                  stats_path=stats_path)
     handle.set_step(0)
-    psa_ms = time_step(model, inputs, iters)
+    with torch.no_grad():
+        model(**inputs)
     psa_diffusers.remove(model)
     with open(stats_path) as f:
         records = [json.loads(line) for line in f if line.strip()]
@@ -104,7 +112,7 @@ def run_model(name, layers, preset, iters):
                   heads=config["num_attention_heads"], head_dim=config["attention_head_dim"],
                   preset=preset or "plug-and-play default", mean_density=density,
                   dense_step_ms=dense_ms, psa_step_ms=psa_ms, ratio=psa_ms / dense_ms,
-                  psa_calls=handle.calls, fallback_calls=handle.fallback_calls,
+                  psa_calls=calls, fallback_calls=fallback_calls,
                   wall_s=time.time() - t0)
     layer_note = "" if layers == full_layers else f", {layers} of its {full_layers} layers"
     print(f"{label}-shaped transformer step, {tokens} tokens{layer_note}, bf16, "
@@ -112,7 +120,7 @@ def run_model(name, layers, preset, iters):
     print(f"  dense (model's own attention): {dense_ms:8.1f} ms")
     print(f"  PSA ({result['preset']}, mean density {density:.3f}): {psa_ms:8.1f} ms   "
           f"ratio {psa_ms / dense_ms:.3f}")
-    print(f"  PSA calls {handle.calls}, fallback calls {handle.fallback_calls}", flush=True)
+    print(f"  PSA calls {calls}, fallback calls {fallback_calls}", flush=True)
     del model, inputs
     torch.cuda.empty_cache()
     return result
