@@ -75,7 +75,7 @@ if want python; then
   note "pytest: $(tail -1 "$OUT/pytest.log")"
   grep -E "FAILED|Error" "$OUT/pytest.log" | head -20
   python3 bench/wan_step.py --json "$OUT/wan_step.json" > "$OUT/wan_step.txt" 2>&1
-  note "Wan2.1 1.3B transformer step: rc=$? $(tail -3 "$OUT/wan_step.txt" | tr '\n' ' ')"
+  note "Wan2.1 1.3B and 14B transformer steps: rc=$? $(tail -8 "$OUT/wan_step.txt" | tr '\n' ' ')"
 fi
 
 if want bench; then
