@@ -16,8 +16,9 @@ For every configuration and every (samples_m, samples_n):
     row (each row keeps its round(density * Nk) highest-scoring blocks by the same estimate).
 Configurations: the default topk (.1/.15/.15/.35) at block_n 64 and 128, and two thresholdbound
 presets at block_n 128, Wan2.1_1.3b:psa_balanced (similarity cap on) and Wan2.1_14b:psa_balanced
-(cap off). Sample counts at block 128 x 64: (32,16) (the default, block/4), (16,16), (16,8), (8,8),
-(8,4); at block_n 128: (32,32) (the default), (16,16), (16,8).
+(cap off). Sample counts at block 128 x 64: (32,16) (block/4: the original's default, ours before this
+study, and the base every point is compared with), (16,16), (16,8), (8,8), (8,4); at block_n 128:
+(32,32) (block/4), (16,16), (16,8).
 
 Prints a table with each point's change against its configuration's default, writes JSON and a
 PNG (error against plan time), by default bench/results/sample_study_<card>.{json,png}. About two

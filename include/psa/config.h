@@ -35,7 +35,8 @@ struct Config {
   // thresholdbound: level 1 ends at least at min(Nk, floor(Nk * min_full_ratio) + 1).
   double min_full_ratio = 0.06;
 
-  // Estimator samples per block; 0 selects the default block/4.
+  // Estimator samples per block; 0 selects the default: 16 per query block and 8 per key block
+  // (fewer when a block is smaller), measured in docs/decisions.md.
   int samples_m = 0;
   int samples_n = 0;
   uint64_t seed = 0;
@@ -66,8 +67,8 @@ struct Config {
   // differ between runs by fp32 rounding.
   bool deterministic = true;
 
-  int effective_samples_m() const { return samples_m > 0 ? samples_m : block_m / 4; }
-  int effective_samples_n() const { return samples_n > 0 ? samples_n : block_n / 4; }
+  int effective_samples_m() const { return samples_m > 0 ? samples_m : (block_m < 16 ? block_m : 16); }
+  int effective_samples_n() const { return samples_n > 0 ? samples_n : (block_n < 8 ? block_n : 8); }
 };
 
 // Checks every field: block sizes powers of two in [16, 256], tile_n <= block_n, ends

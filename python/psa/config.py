@@ -75,7 +75,7 @@ class Config:
 
     ends are the cumulative interval ends of levels 1, 2, 4, 8 (e1 <= e2 <= e4 <= e8 <= 1); the rest
     of a row is skipped. sim_thresholds are for pool factors 2, 4, 8. softmax_scale 0 selects
-    1/sqrt(head_dim); samples_m / samples_n 0 select block/4. deterministic (backward only):
+    1/sqrt(head_dim); samples_m / samples_n 0 select 16 / 8 (at most the block). deterministic (backward only):
     bitwise reproducible gradients; False allows a faster order-dependent accumulation.
     head_offset: global index of the first query head when a call holds a slice of the heads
     (sequence parallelism), so that the estimator draws what a call over all heads would.

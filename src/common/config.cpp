@@ -55,14 +55,14 @@ Status validate_config(const Config& c) {
                             std::to_string(c.min_full_ratio));
   }
   if (c.samples_m < 0 || c.samples_m > c.block_m) {
-    return invalid_argument("config.samples_m must be in [0, block_m] (0 = block_m/4), got " +
+    return invalid_argument("config.samples_m must be in [0, block_m] (0 = min(16, block_m)), got " +
                             std::to_string(c.samples_m));
   }
   if (c.head_offset < 0) {
     return invalid_argument("config.head_offset must be >= 0, got " + std::to_string(c.head_offset));
   }
   if (c.samples_n < 0 || c.samples_n > c.block_n) {
-    return invalid_argument("config.samples_n must be in [0, block_n] (0 = block_n/4), got " +
+    return invalid_argument("config.samples_n must be in [0, block_n] (0 = min(8, block_n)), got " +
                             std::to_string(c.samples_n));
   }
   if (c.text_len < 0) {

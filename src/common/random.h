@@ -29,25 +29,39 @@ PSA_HOST_DEVICE Philox4x32 philox4x32(uint32_t c0, uint32_t c1, uint32_t c2, uin
   return {{c0, c1, c2, c3}};
 }
 
-// Draws `count` distinct offsets in [0, block) for (seed, batch, head) by a partial Fisher-Yates
-// shuffle; draw i uses counter (i, batch, head, 0). Uniform index by multiply-shift:
-// e.g. r = 0x80000000, 64 remaining -> (r * 64) >> 32 = 32.
-PSA_HOST_DEVICE void sample_offsets(int32_t* offsets, uint64_t seed, int64_t batch, int64_t head,
-                                    int block, int count) {
-  // block <= 256 (validate_config); the shuffled pool fits on the stack / in registers.
-  int32_t pool[256];
-  for (int j = 0; j < block; ++j) pool[j] = j;
+// Draw i of (seed, batch, head): the first word of Philox block (i, batch, head, 0). Draws are
+// independent of each other, so a CTA can compute them in parallel.
+PSA_HOST_DEVICE uint32_t offset_draw(uint64_t seed, int64_t batch, int64_t head, int i) {
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  return philox4x32(static_cast<uint32_t>(i), static_cast<uint32_t>(batch),
+                    static_cast<uint32_t>(head), 0u, k0, k1)
+      .v[0];
+}
+
+// Turns `count` draws into distinct offsets in [0, block) by a partial Fisher-Yates shuffle of
+// `pool` (block entries of scratch). Uniform index by multiply-shift: e.g. draw 0x80000000, 64
+// remaining -> (0x80000000 * 64) >> 32 = 32.
+PSA_HOST_DEVICE void shuffle_offsets(int32_t* offsets, int32_t* pool, const uint32_t* draws,
+                                     int block, int count) {
+  for (int j = 0; j < block; ++j) pool[j] = j;
   for (int i = 0; i < count; ++i) {
-    const Philox4x32 r = philox4x32(static_cast<uint32_t>(i), static_cast<uint32_t>(batch),
-                                    static_cast<uint32_t>(head), 0u, k0, k1);
     const uint32_t remaining = static_cast<uint32_t>(block - i);
-    const int j = i + static_cast<int>((static_cast<uint64_t>(r.v[0]) * remaining) >> 32);
+    const int j = i + static_cast<int>((static_cast<uint64_t>(draws[i]) * remaining) >> 32);
     const int32_t tmp = pool[i];
     pool[i] = pool[j];
     pool[j] = tmp;
     offsets[i] = pool[i];
   }
+}
+
+// Draws `count` distinct offsets in [0, block) for (seed, batch, head): draws 0..count-1, then
+// the shuffle. block <= 256 (validate_config): the pool and the draws fit on the stack.
+PSA_HOST_DEVICE void sample_offsets(int32_t* offsets, uint64_t seed, int64_t batch, int64_t head,
+                                    int block, int count) {
+  int32_t pool[256];
+  uint32_t draws[256];
+  for (int i = 0; i < count; ++i) draws[i] = offset_draw(seed, batch, head, i);
+  shuffle_offsets(offsets, pool, draws, block, count);
 }
 
 }  // namespace psa::detail

@@ -11,12 +11,17 @@
 // "- m_i" and of expf):
 //   stored:   the raw maxima max_j q_i.k_j of every row i and block J stay in shared memory
 //             (kRows x Nk fp32); then m_i = scale * max_J, D(J) = max_i (scale * max_j - m_i).
-//   two-pass: when that table does not fit, pass 1 computes m_i, pass 2 folds scale * q_i.k_j -
-//             m_i into D(J) directly; twice the tensor work.
+//             When the table does not fit one CTA, a cluster of C CTAs (2, 4 or 8) shares the
+//             rows: CTA c takes key blocks [c Nk/C, (c+1) Nk/C) and keeps that slice of the table;
+//             the row maxima and the rows' sums are exchanged through distributed shared memory.
+//   two-pass: when not even an 8-CTA cluster holds the table, pass 1 computes m_i, pass 2 folds
+//             scale * q_i.k_j - m_i into D(J) directly; twice the tensor work.
 // P(J) = expf(D(J)), then each row is divided by its sum. Under causal attention, blocks wholly
 // invisible to a query block are excluded from m_i and the sum, and score 0. Rows of one query
 // block beyond kRows (s_m > kRows, only with explicit samples_m) are taken kRows at a time, the
 // D table carrying over.
+#include <cooperative_groups.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -52,6 +57,8 @@ constexpr int kColumnBlock = 64;  // elements per 128-byte swizzle column block
 constexpr int kChunkElems = 8;    // 16 bytes of fp16 / bf16
 constexpr int kSwizzleAlign = 1024;  // a 128-byte swizzle atom: 8 rows x 128 bytes
 constexpr int kMaxHeadDim = 256;
+constexpr int kMaxSampledBlock = 256;  // block_m, block_n <= 256 (validate_config)
+constexpr int kMaxCluster = 8;         // the portable cluster size limit
 constexpr float kNegInf = -__builtin_huge_valf();
 
 struct EstimatorParams {
@@ -65,6 +72,8 @@ struct EstimatorParams {
   int num_q_blocks, num_k_blocks;
   int block_m, block_n, samples_m, samples_n;
   int group_blocks;  // G query blocks per CTA
+  int cluster;       // C CTAs share the rows of a group, each a slice of the key blocks
+  int slice_blocks;  // key blocks per CTA of a cluster: ceil(Nk / C)
   int row_chunks;    // ceil(s_m / kRows) when G = 1, else 1
   int stages;        // key tiles in the ring, 2..kMaxStages
   uint64_t seed;
@@ -73,15 +82,16 @@ struct EstimatorParams {
   bool causal, vector;
 };
 
-// Row stride of the tables: Nk + 1 words, so that the 8 rows a warp updates at once (one per
-// quad) fall in distinct banks (with Nk = 512 they would all hit one bank).
+// Row stride of the tables: the CTA's key blocks + 1 words, so that the 8 rows a warp updates at
+// once (one per quad) fall in distinct banks (with 512 blocks they would all hit one bank).
 __host__ __device__ inline int table_stride(const EstimatorParams& p) {
-  return p.num_k_blocks + 1;
+  return p.slice_blocks + 1;
 }
 
 // Shared-memory layout (bytes from a kSwizzleAlign-aligned base), the same on host and device.
 struct SmemLayout {
-  size_t q, k, q_offsets, k_offsets, visible, row_max, d_table, r_table, reduce, total;
+  size_t q, k, q_offsets, k_offsets, visible, row_max, global_max, group_sum, d_table, r_table,
+      total;
 };
 __host__ __device__ inline size_t align16(size_t x) { return (x + 15) / 16 * 16; }
 __host__ __device__ inline SmemLayout smem_layout(const EstimatorParams& p, bool stored) {
@@ -99,14 +109,16 @@ __host__ __device__ inline SmemLayout smem_layout(const EstimatorParams& p, bool
   at += align16(static_cast<size_t>(p.samples_n) * 4);
   s.visible = at;
   at += align16(static_cast<size_t>(p.group_blocks) * 4);
-  s.row_max = at;  // (rows) raw max_j q_i.k_j
+  s.row_max = at;  // (rows) raw max_j q_i.k_j over this CTA's key blocks
   at += align16(static_cast<size_t>(rows) * 4);
+  s.global_max = at;  // (rows) the same over the cluster's key blocks
+  at += align16(static_cast<size_t>(rows) * 4);
+  s.group_sum = at;  // (G) sum of the CTA's P(J) per query block
+  at += align16(static_cast<size_t>(p.group_blocks) * 4);
   s.d_table = at;  // (G, Nk) D(J)
   at += align16(static_cast<size_t>(p.group_blocks) * stride * 4);
   s.r_table = at;  // stored: (rows, Nk) raw maxima
   at += stored ? align16(static_cast<size_t>(rows) * stride * 4) : 0;
-  s.reduce = at;
-  at += align16(kWarps * 4);
   s.total = at + kSwizzleAlign;  // slack to align the base
   return s;
 }
@@ -187,7 +199,8 @@ struct CtaState {
   float* d_table;  // (G, stride)
   float* r_table;  // stored: (kRows, stride)
   const void* k_head;
-  int total_keys;  // sampled keys of the blocks visible to some query block of the group
+  int first_block;  // the CTA's first key block: the table's column 0
+  int total_keys;   // sampled keys of the CTA's blocks visible to some query block of the group
   int stride;
 };
 
@@ -212,6 +225,33 @@ __device__ __forceinline__ void load_key_tile(unsigned char* tile, const Estimat
   static_assert(kKeyTile % kRowsPerPass == 0, "passes cover the tile");
   const int chunk = threadIdx.x % kLanes, row0 = threadIdx.x / kLanes;
   const T* k_head = static_cast<const T*>(s.k_head);
+  if (kRowsPerPass % p.samples_n == 0) {
+    // s_n divides the rows of a pass (s_n in 8, 16, 32 at D 128): the thread's sample, and so its
+    // offset, stay fixed and each pass moves kRowsPerPass / s_n blocks on; only the last, ragged
+    // block can need the wrap.
+    const int step = kRowsPerPass / p.samples_n;
+    const int offset = s.k_offsets[row0 % p.samples_n];
+    const int kblock0 = s.first_block + (tile_start + row0) / p.samples_n;
+    const int last_block = p.num_k_blocks - 1;
+    const int last_real = static_cast<int>(p.seq_k) - last_block * p.block_n;
+    const int64_t pass_stride = static_cast<int64_t>(step) * p.block_n * p.k_stride[2];
+    const T* src0 = k_head + (static_cast<int64_t>(kblock0) * p.block_n + offset) * p.k_stride[2];
+#pragma unroll
+    for (int pass = 0; pass < kKeyTile / kRowsPerPass; ++pass) {
+      const int row = row0 + pass * kRowsPerPass;
+      const bool valid = tile_start + row < s.total_keys;
+      const int kblock = kblock0 + pass * step;
+      const T* src = src0 + pass * pass_stride;
+      if (kblock == last_block && offset >= last_real) {
+        src = k_head + (static_cast<int64_t>(kblock) * p.block_n + offset % last_real) *
+                           p.k_stride[2];
+      }
+      if (kChunks == kLanes || chunk < kChunks) {
+        load_chunk<T>(tile, kKeyTile, row, chunk, valid ? src : k_head, valid, p, p.k_stride[3]);
+      }
+    }
+    return;
+  }
   int block = (tile_start + row0) / p.samples_n;
   int sample = tile_start + row0 - block * p.samples_n;
 #pragma unroll
@@ -221,9 +261,10 @@ __device__ __forceinline__ void load_key_tile(unsigned char* tile, const Estimat
     const T* src = k_head;
     if (valid) {
       // 32-bit index math: Lk < 2^31 (the API's limit). Offsets past a ragged block's end wrap.
-      const int real = min(p.block_n, static_cast<int>(p.seq_k) - block * p.block_n);
+      const int kblock = s.first_block + block;
+      const int real = min(p.block_n, static_cast<int>(p.seq_k) - kblock * p.block_n);
       const int offset = s.k_offsets[sample];
-      const int64_t token = static_cast<int64_t>(block) * p.block_n +
+      const int64_t token = static_cast<int64_t>(kblock) * p.block_n +
                             (offset < real ? offset : offset % real);
       src = k_head + token * p.k_stride[2];
     }
@@ -267,7 +308,7 @@ __device__ __forceinline__ void fold_blocks(const float (&acc)[4 * kNTiles], int
       m1 = fmaxf(m1, fmaxf(acc[4 * nj + 2], acc[4 * nj + 3]));
     }
     const bool see0 = block < tr.visible[0], see1 = block < tr.visible[1];
-    if constexpr (kMode != Mode::kPass2) {
+    if constexpr (kMode == Mode::kPass1) {
       if (see0) run_max[0] = fmaxf(run_max[0], m0);
       if (see1) run_max[1] = fmaxf(run_max[1], m1);
     }
@@ -303,6 +344,67 @@ __device__ __forceinline__ void fold_blocks(const float (&acc)[4 * kNTiles], int
   }
 }
 
+// The stored fold when a warpgroup tile holds kBlocks = 16 / kGroups >= 4 whole key blocks
+// (s_n = 8, 16, 32): each thread reduces its columns of every block in registers, then the quad
+// reduce-scatters them in two shuffle steps (partners 2 and 1 apart), so that each lane ends with
+// kBlocks / 4 whole blocks of its two rows, stored without atomics: a (row, block) lives in one
+// tile and one quad. No visibility test: the table entries of blocks a row does not see are
+// written but never read; blocks past the last visible one of the group are not written.
+template <int kGroups, int kNTiles>
+__device__ __forceinline__ void fold_stored(const float (&acc)[4 * kNTiles], int key0,
+                                            const EstimatorParams& p, const CtaState& s,
+                                            const ThreadRows& tr) {
+  constexpr int kBlocks = kNTiles / kGroups;
+  constexpr int kHalf = kBlocks / 2, kQuarter = kBlocks / 4;
+  static_assert(kNTiles % kGroups == 0 && kQuarter >= 1, "at least four blocks per tile");
+  const int lane = threadIdx.x % 32;
+  const bool upper = (lane & 2) != 0, odd = (lane & 1) != 0;
+  float v[kBlocks][2];
+#pragma unroll
+  for (int bb = 0; bb < kBlocks; ++bb) {
+    float m0 = kNegInf, m1 = kNegInf;
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) {
+      const int nj = bb * kGroups + g;
+      m0 = fmaxf(m0, fmaxf(acc[4 * nj], acc[4 * nj + 1]));
+      m1 = fmaxf(m1, fmaxf(acc[4 * nj + 2], acc[4 * nj + 3]));
+    }
+    v[bb][0] = m0;
+    v[bb][1] = m1;
+  }
+  // Step 1: lanes with bit 1 set keep the upper half of the blocks, the others the lower half.
+  float w[kHalf][2];
+#pragma unroll
+  for (int i = 0; i < kHalf; ++i) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float send = upper ? v[i][r] : v[i + kHalf][r];
+      const float keep = upper ? v[i + kHalf][r] : v[i][r];
+      w[i][r] = fmaxf(keep, __shfl_xor_sync(0xffffffffu, send, 2));
+    }
+  }
+  // Step 2: within the half, odd lanes keep its upper quarter.
+  float u[kQuarter][2];
+#pragma unroll
+  for (int i = 0; i < kQuarter; ++i) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float send = odd ? w[i][r] : w[i + kQuarter][r];
+      const float keep = odd ? w[i + kQuarter][r] : w[i][r];
+      u[i][r] = fmaxf(keep, __shfl_xor_sync(0xffffffffu, send, 1));
+    }
+  }
+  const int first = key0 / (kGroups * 8) + (upper ? kHalf : 0) + (odd ? kQuarter : 0);
+  const int blocks = s.total_keys / p.samples_n;
+#pragma unroll
+  for (int i = 0; i < kQuarter; ++i) {
+    if (first + i < blocks) {
+      s.r_table[tr.r[0] * s.stride + first + i] = u[i][0];
+      s.r_table[tr.r[1] * s.stride + first + i] = u[i][1];
+    }
+  }
+}
+
 // The same for any s_n, element by element (a block may straddle two tiles).
 template <Mode kMode, int kNTiles>
 __device__ __forceinline__ void fold_elements(const float (&acc)[4 * kNTiles], int key0,
@@ -320,7 +422,7 @@ __device__ __forceinline__ void fold_elements(const float (&acc)[4 * kNTiles], i
       const int h = e / 2;
       if (block >= tr.visible[h]) continue;
       const float dot = acc[4 * nj + e];
-      if constexpr (kMode != Mode::kPass2) run_max[h] = fmaxf(run_max[h], dot);
+      if constexpr (kMode == Mode::kPass1) run_max[h] = fmaxf(run_max[h], dot);
       if constexpr (kMode == Mode::kStored) {
         atomic_max_float(&s.r_table[tr.r[h] * s.stride + block], dot);
       } else if constexpr (kMode == Mode::kPass2) {
@@ -328,6 +430,30 @@ __device__ __forceinline__ void fold_elements(const float (&acc)[4 * kNTiles], i
                          __fmul_rn(p.scale, dot) - shift[h]);
       }
     }
+  }
+}
+
+// Folds a tile's logits (acc[4 nj + e]: row r[e / 2], key column 8 nj + 2 (lane % 4) + e % 2 of
+// the tile starting at sampled key key0) by the fold that suits s_n and the mode.
+template <Mode kMode, int kNTiles>
+__device__ __forceinline__ void fold_tile(const float (&acc)[4 * kNTiles], int key0,
+                                          const EstimatorParams& p, const CtaState& s,
+                                          const ThreadRows& tr, const float (&shift)[2],
+                                          float (&run_max)[2]) {
+  if constexpr (kMode == Mode::kStored) {
+    switch (p.samples_n) {
+      case 8: fold_stored<1, kNTiles>(acc, key0, p, s, tr); return;
+      case 16: fold_stored<2, kNTiles>(acc, key0, p, s, tr); return;
+      case 32: fold_stored<4, kNTiles>(acc, key0, p, s, tr); return;
+      default: break;
+    }
+  }
+  switch (p.samples_n) {
+    case 8: fold_blocks<1, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
+    case 16: fold_blocks<2, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
+    case 32: fold_blocks<4, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
+    case 64: fold_blocks<8, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
+    default: fold_elements<kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
   }
 }
 
@@ -355,7 +481,7 @@ __device__ void sweep_keys(const EstimatorParams& p, const CtaState& s, const Th
       shift[h] = tr.visible[h] > 0 ? __fmul_rn(p.scale, s.row_max[tr.r[h]]) : 0.0f;
     }
   }
-  float run_max[2] = {kNegInf, kNegInf};  // stored, pass 1: the row's raw maximum
+  float run_max[2] = {kNegInf, kNegInf};  // pass 1: the row's raw maximum
 
   for (int tile = 0; tile < num_tiles; ++tile) {
     cp_async_wait_pending(stages - 2);
@@ -390,18 +516,10 @@ __device__ void sweep_keys(const EstimatorParams& p, const CtaState& s, const Th
     wgmma_wait<0>();
     fence_registers(acc);
 
-    // acc[4 nj + e]: row r[e / 2], key column nj * 8 + 2 * (lane % 4) + e % 2.
-    const int key0 = tile * kKeyTile;
-    switch (p.samples_n) {
-      case 8: fold_blocks<1, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
-      case 16: fold_blocks<2, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
-      case 32: fold_blocks<4, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
-      case 64: fold_blocks<8, kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
-      default: fold_elements<kMode, kNTiles>(acc, key0, p, s, tr, shift, run_max); break;
-    }
+    fold_tile<kMode, kNTiles>(acc, tile * kKeyTile, p, s, tr, shift, run_max);
   }
   cp_async_wait_pending(0);
-  if constexpr (kMode == Mode::kPass1 || kMode == Mode::kStored) {
+  if constexpr (kMode == Mode::kPass1) {
     for (int h = 0; h < 2; ++h) {
       const float m = quad_max(run_max[h]);
       if (lane % 4 == 0 && tr.visible[h] > 0) atomic_max_float(&s.row_max[tr.r[h]], m);
@@ -433,37 +551,65 @@ __global__ void __launch_bounds__(kThreads, 2) estimate_importance_kernel(Estima
   s.row_max = reinterpret_cast<float*>(smem + layout.row_max);
   s.d_table = reinterpret_cast<float*>(smem + layout.d_table);
   s.r_table = reinterpret_cast<float*>(smem + layout.r_table);
-  float* reduce = reinterpret_cast<float*>(smem + layout.reduce);
   s.stride = table_stride(p);
 
   const int G = p.group_blocks;
   const int64_t groups = detail::ceil_div(p.num_q_blocks, G);
-  const int64_t group = blockIdx.x % groups;
-  const int64_t h = (blockIdx.x / groups) % p.heads_q;
-  const int64_t b = blockIdx.x / (groups * p.heads_q);
+  const int rank = static_cast<int>(blockIdx.x % p.cluster);
+  const int64_t item = blockIdx.x / p.cluster;
+  const int64_t group = item % groups;
+  const int64_t h = (item / groups) % p.heads_q;
+  const int64_t b = item / (groups * p.heads_q);
   const int64_t hkv = h / (p.heads_q / p.heads_kv);
   const int64_t first_block = group * G;
-  const int nk = p.num_k_blocks;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // This CTA's key blocks [first_key_block, + slice): a slice of the cluster's.
+  const int first_key_block = rank * p.slice_blocks;
+  const int slice = max(0, min(p.num_k_blocks - first_key_block, p.slice_blocks));
 
-  if (threadIdx.x == 0) {
-    detail::sample_offsets(q_offsets, p.seed, b, h + p.head_offset, p.block_m, p.samples_m);
-  } else if (threadIdx.x == 32) {
-    const int64_t hkv_draw = (h + p.head_offset) / (p.heads_q / p.heads_kv);
-    detail::sample_offsets(k_offsets, p.seed, b, detail::key_offset_stream(hkv_draw), p.block_n,
-                           p.samples_n);
+  // The draws in parallel (each is a Philox block of its own), then the two shuffles, each on
+  // one thread; the offsets overwrite the draws in place (draw i is read before offset i is
+  // written).
+  {
+    const int64_t head_draw = h + p.head_offset;
+    const int64_t key_stream = detail::key_offset_stream(head_draw / (p.heads_q / p.heads_kv));
+    for (int i = threadIdx.x; i < p.samples_m + p.samples_n; i += kThreads) {
+      if (i < p.samples_m) {
+        q_offsets[i] = static_cast<int32_t>(detail::offset_draw(p.seed, b, head_draw, i));
+      } else {
+        k_offsets[i - p.samples_m] =
+            static_cast<int32_t>(detail::offset_draw(p.seed, b, key_stream, i - p.samples_m));
+      }
+    }
+    __syncthreads();
+    int32_t pool[kMaxSampledBlock];
+    if (threadIdx.x == 0) {
+      detail::shuffle_offsets(q_offsets, pool, reinterpret_cast<const uint32_t*>(q_offsets),
+                              p.block_m, p.samples_m);
+    } else if (threadIdx.x == 32) {
+      detail::shuffle_offsets(k_offsets, pool, reinterpret_cast<const uint32_t*>(k_offsets),
+                              p.block_n, p.samples_n);
+    }
   }
+  // Visible key blocks of each query block, counted within the slice.
   int max_visible = 0;
   for (int g = 0; g < G; ++g) {
     const int64_t qblock = first_block + g;
-    const int v = qblock < p.num_q_blocks ? visible_blocks(p, qblock) : 0;
+    const int v = qblock < p.num_q_blocks
+                      ? max(0, min(visible_blocks(p, qblock) - first_key_block, slice))
+                      : 0;
     if (threadIdx.x == 0) visible[g] = v;
     max_visible = max(max_visible, v);
   }
   for (int x = threadIdx.x; x < G * s.stride; x += kThreads) s.d_table[x] = kNegInf;
   s.k_head = static_cast<const T*>(p.k) + b * p.k_stride[0] + hkv * p.k_stride[1];
+  s.first_block = first_key_block;
   s.total_keys = max_visible * p.samples_n;
   const T* q_head = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1];
+  float* global_max = s.row_max;
+  if constexpr (kStored) global_max = reinterpret_cast<float*>(smem + layout.global_max);
+  float* group_sum = reinterpret_cast<float*>(smem + layout.group_sum);
+  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
   __syncthreads();
 
   // This thread's accumulator rows: warp w of warpgroup wg holds rows 16 w + lane / 4 (+ 8) of
@@ -511,6 +657,35 @@ __global__ void __launch_bounds__(kThreads, 2) estimate_importance_kernel(Estima
 
     if constexpr (kStored) {
       sweep_keys<T, kDimBlocks, Mode::kStored>(p, s, tr);
+      // The raw row maxima over the CTA's visible blocks, from the table: warp w takes rows w,
+      // w + 8, ...
+      for (int r = warp; r < kRows; r += kWarps) {
+        const int g = (chunk * kRows + r) / p.samples_m;
+        const int v = g < G ? visible[g] : 0;
+        float m = kNegInf;
+        for (int j = lane; j < v; j += 32) m = fmaxf(m, s.r_table[r * s.stride + j]);
+        for (int offset = 16; offset > 0; offset >>= 1) {
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+        }
+        if (lane == 0) s.row_max[r] = m;
+      }
+      __syncthreads();
+      if (p.cluster > 1) {
+        // m_i over the whole row: the maxima of every CTA of the cluster. The second barrier
+        // keeps each CTA's row_max alive until the others have read it.
+        cluster.sync();
+        for (int r = threadIdx.x; r < kRows; r += kThreads) {
+          float m = s.row_max[r];
+          for (int c = 0; c < p.cluster; ++c) {
+            if (c != rank) m = fmaxf(m, *cluster.map_shared_rank(s.row_max + r, c));
+          }
+          global_max[r] = m;
+        }
+        cluster.sync();
+      } else {
+        for (int r = threadIdx.x; r < kRows; r += kThreads) global_max[r] = s.row_max[r];
+        __syncthreads();
+      }
       // D(g, J) = max over the chunk's rows i of g of scale * max_j - m_i.
       for (int g = 0; g < G; ++g) {
         const int lo = max(g * p.samples_m, chunk * kRows) - chunk * kRows;
@@ -519,7 +694,7 @@ __global__ void __launch_bounds__(kThreads, 2) estimate_importance_kernel(Estima
           float d = s.d_table[g * s.stride + j];
           for (int r = lo; r < hi; ++r) {
             d = fmaxf(d, __fmul_rn(p.scale, s.r_table[r * s.stride + j]) -
-                             __fmul_rn(p.scale, s.row_max[r]));
+                             __fmul_rn(p.scale, global_max[r]));
           }
           s.d_table[g * s.stride + j] = d;
         }
@@ -531,31 +706,40 @@ __global__ void __launch_bounds__(kThreads, 2) estimate_importance_kernel(Estima
     __syncthreads();
   }
 
-  // P(J) = expf(D(J)) per query block of the group, normalised by its sum.
-  for (int g = 0; g < G; ++g) {
-    const int64_t qblock = first_block + g;
-    if (qblock >= p.num_q_blocks) break;
-    const int v = visible[g];
-    float* out = p.scores + ((b * p.heads_q + h) * p.num_q_blocks + qblock) * nk;
+  // P(J) = expf(D(J)) per query block of the group, normalised by its sum over the cluster's
+  // slices. Warp w takes query blocks w, w + 8, ...
+  for (int g = warp; g < G; g += kWarps) {
     float partial = 0.0f;
-    for (int j = threadIdx.x; j < v; j += kThreads) {
+    for (int j = lane; j < visible[g]; j += 32) {
       const float value = expf(s.d_table[g * s.stride + j]);
-      out[j] = value;
+      s.d_table[g * s.stride + j] = value;
       partial += value;
     }
     for (int offset = 16; offset > 0; offset >>= 1) {
       partial += __shfl_xor_sync(0xffffffffu, partial, offset);
     }
-    if (lane == 0) reduce[warp] = partial;
-    __syncthreads();
-    float sum = 0.0f;
-    for (int w = 0; w < kWarps; ++w) sum += reduce[w];
-    __syncthreads();
-    // A query block that sees no key block scores 0 everywhere, as in the CPU reference.
-    for (int j = threadIdx.x; j < nk; j += kThreads) {
-      out[j] = j < v ? out[j] / sum : 0.0f;
-    }
+    if (lane == 0) group_sum[g] = partial;
   }
+  if (p.cluster > 1) {
+    cluster.sync();
+  } else {
+    __syncthreads();
+  }
+  for (int g = warp; g < G; g += kWarps) {
+    const int64_t qblock = first_block + g;
+    if (qblock >= p.num_q_blocks) break;
+    float sum = group_sum[g];
+    for (int c = 0; c < p.cluster; ++c) {
+      if (c != rank) sum += *cluster.map_shared_rank(group_sum + g, c);
+    }
+    // A query block that sees no key block scores 0 everywhere, as in the CPU reference.
+    float* out = p.scores + ((b * p.heads_q + h) * p.num_q_blocks + qblock) * p.num_k_blocks +
+                 first_key_block;
+    const int v = visible[g];
+    for (int j = lane; j < slice; j += 32) out[j] = j < v ? s.d_table[g * s.stride + j] / sum : 0.0f;
+  }
+  // No CTA leaves while another may still read its sums.
+  if (p.cluster > 1) cluster.sync();
 }
 
 // The 16-byte path: D-contiguous rows with 16-byte aligned starts.
@@ -573,29 +757,49 @@ struct SmemBudget {
   size_t per_cta, per_sm, reserved;
 };
 
-// One launch configuration: mode and ring depth.
+// One launch configuration: mode, cluster size and ring depth.
 struct Choice {
   bool stored;
   EstimatorParams p;
   size_t smem;
 };
 
+template <typename T, bool kStored>
+auto kernel_for(int padded_dim) {
+  auto kernel = estimate_importance_kernel<T, kStored, 1>;
+  if (padded_dim == 2 * kColumnBlock) kernel = estimate_importance_kernel<T, kStored, 2>;
+  if (padded_dim == 3 * kColumnBlock) kernel = estimate_importance_kernel<T, kStored, 3>;
+  if (padded_dim == 4 * kColumnBlock) kernel = estimate_importance_kernel<T, kStored, 4>;
+  return kernel;
+}
+
 // The head dim in 64-element column blocks is a template parameter, so that the wgmma k-loop
 // unrolls (a run-time trip count made ptxas insert a warpgroup.arrive before each wgmma).
+// A cluster of C > 1 CTAs is launched as one (cudaLaunchKernelEx): C consecutive CTAs share rows.
 template <typename T, bool kStored>
 Status launch_kernel(const Choice& c, cudaStream_t stream) {
-  auto kernel = estimate_importance_kernel<T, kStored, 1>;
-  if (c.p.padded_dim == 2 * kColumnBlock) kernel = estimate_importance_kernel<T, kStored, 2>;
-  if (c.p.padded_dim == 3 * kColumnBlock) kernel = estimate_importance_kernel<T, kStored, 3>;
-  if (c.p.padded_dim == 4 * kColumnBlock) kernel = estimate_importance_kernel<T, kStored, 4>;
+  const auto kernel = kernel_for<T, kStored>(c.p.padded_dim);
   PSA_RETURN_IF_ERROR(cuda_check(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(c.smem)),
       "cudaFuncSetAttribute(estimate_importance_kernel)"));
-  const int64_t grid =
-      c.p.batch * c.p.heads_q * detail::ceil_div(c.p.num_q_blocks, c.p.group_blocks);
+  const int64_t grid = c.p.batch * c.p.heads_q *
+                       detail::ceil_div(c.p.num_q_blocks, c.p.group_blocks) * c.p.cluster;
   if (grid > kMaxGridX) return unsupported("estimate_importance: too many query blocks");
-  kernel<<<static_cast<unsigned>(grid), kThreads, c.smem, stream>>>(c.p);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(grid));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = c.smem;
+  config.stream = stream;
+  cudaLaunchAttribute cluster;
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = static_cast<unsigned>(c.p.cluster);
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  PSA_RETURN_IF_ERROR(cuda_check(cudaLaunchKernelEx(&config, kernel, c.p),
+                                 "cudaLaunchKernelEx(estimate_importance_kernel)"));
   return check_launch("estimate_importance_kernel");
 }
 
@@ -612,24 +816,31 @@ bool fit_stages(Choice& c, size_t limit) {
   return false;
 }
 
-// Two CTAs per SM when their shared memory allows it (the kernels are built for <= 128
-// registers, two CTAs' worth), with the deepest ring that keeps two; else one CTA per SM.
-bool fit(Choice& c, const SmemBudget& budget) {
-  const size_t two_per_sm = std::min(budget.per_cta, budget.per_sm / 2 - budget.reserved);
-  return fit_stages(c, two_per_sm) || fit_stages(c, budget.per_cta);
+void set_cluster(Choice& c, int cluster) {
+  c.p.cluster = cluster;
+  c.p.slice_blocks = static_cast<int>(detail::ceil_div(c.p.num_k_blocks, cluster));
 }
 
-// Stored whenever its (128, Nk) table fits, else two-pass. Measured on an H200 (kernel_notes):
-// stored at one CTA per SM beats two-pass at two (CogVideoX 5B block_n 64, Nk = 278: 1.38 vs
-// 1.49 ms; block_n 128: 1.06 vs 1.27 ms), and two-pass at two CTAs per SM beat a stored
-// variant with 64 rows per CTA (the table halved) on every shape (Wan2.1 1.3B block_n 64,
-// Nk = 512: 1.75 vs 2.18 ms), so that variant is not kept.
+// The stored table over the fewest CTAs that run two per SM (the kernels are built for <= 128
+// registers, two CTAs' worth), else over the fewest that fit at one per SM; two-pass with one
+// CTA when even kMaxCluster slices do not fit. Measured on an H200 (kernel_notes): stored at one
+// CTA per SM beat two-pass at two (CogVideoX 5B block_n 64: 1.38 vs 1.49 ms), and two-pass at
+// two CTAs per SM beat one stored CTA of 64 rows (Wan2.1 1.3B block_n 64: 1.75 vs 2.18 ms).
 template <typename T>
 Status launch(const EstimatorParams& base, const SmemBudget& budget, cudaStream_t stream) {
-  Choice stored{true, base, 0};
-  if (fit(stored, budget)) return launch_kernel<T, true>(stored, stream);
+  const size_t two_per_sm = std::min(budget.per_cta, budget.per_sm / 2 - budget.reserved);
+  for (const size_t limit : {two_per_sm, budget.per_cta}) {
+    for (int cluster = 1; cluster <= kMaxCluster; cluster *= 2) {
+      Choice stored{true, base, 0};
+      set_cluster(stored, cluster);
+      if (fit_stages(stored, limit)) return launch_kernel<T, true>(stored, stream);
+    }
+  }
   Choice two_pass{false, base, 0};
-  if (fit(two_pass, budget)) return launch_kernel<T, false>(two_pass, stream);
+  set_cluster(two_pass, 1);
+  if (fit_stages(two_pass, two_per_sm) || fit_stages(two_pass, budget.per_cta)) {
+    return launch_kernel<T, false>(two_pass, stream);
+  }
   return unsupported("estimate_importance: Nk = " + std::to_string(base.num_k_blocks) +
                      " key blocks need more shared memory than this device has");
 }

@@ -5,6 +5,8 @@
 // sums and a parallel count, so the two produce the same plan for the same scores.
 #include <cstdint>
 
+#include <cub/block/block_radix_sort.cuh>
+
 #include "common/index_math.h"
 #include "common/planner_rules.h"
 #include "cuda/cuda_backend.h"
@@ -73,15 +75,50 @@ __device__ __forceinline__ int64_t next_pow2(int64_t x) {
   return p;
 }
 
-// A 64-bit key whose ascending order is the planner's row order: score descending (NaN as -inf,
-// -0 as +0, as detail::ranks_before compares), ties to the lower J.
-__device__ __forceinline__ uint64_t sort_key(float score, int64_t j) {
+// A 32-bit word whose ascending order is score descending (NaN as -inf, -0 as +0, as
+// detail::ranks_before compares).
+__device__ __forceinline__ uint32_t sort_word(float score) {
   float s = detail::score_rank_key(score);
   if (s == 0.0f) s = 0.0f;
   uint32_t bits = __float_as_uint(s);
   // Monotone map float -> uint32 (negative values reversed), then reversed for descending.
   bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-  return (static_cast<uint64_t>(~bits) << 32) | static_cast<uint32_t>(j);
+  return ~bits;
+}
+
+// A 64-bit key whose ascending order is the planner's row order: score descending, ties to the
+// lower J.
+__device__ __forceinline__ uint64_t sort_key(float score, int64_t j) {
+  return (static_cast<uint64_t>(sort_word(score)) << 32) | static_cast<uint32_t>(j);
+}
+
+// Rows of up to kRowThreads * kMaxSortItems blocks are sorted by cub::BlockRadixSort in
+// registers; longer ones by the bitonic sort in shared memory.
+constexpr int kMaxSortItems = 16;
+
+// Sorts the visible blocks [0, n) of `row` into `keys` (ascending planner order; entry pos holds
+// the J at rank pos) with a block radix sort over kItems keys per thread. Each key is the score
+// word over J's bits, so keys are distinct and no tie depends on the sort's stability; only the
+// 32 + bits(J) low bits are sorted.
+template <int kItems>
+__device__ void radix_sort_row(uint64_t* keys, const float* row, int64_t n, int64_t num_k_blocks) {
+  using Sort = cub::BlockRadixSort<uint64_t, kRowThreads, kItems>;
+  __shared__ typename Sort::TempStorage temp;
+  const int index_bits =
+      max(1, 32 - __clz(static_cast<int>(detail::max64(num_k_blocks - 1, 1))));
+  uint64_t items[kItems];
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    const int pos = threadIdx.x * kItems + i;
+    items[i] = pos < n ? (static_cast<uint64_t>(sort_word(row[pos])) << index_bits) |
+                             static_cast<uint64_t>(pos)
+                       : ~uint64_t{0};
+  }
+  Sort(temp).Sort(items, 0, 32 + index_bits);
+  const uint64_t mask = (uint64_t{1} << index_bits) - 1;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) keys[threadIdx.x * kItems + i] = items[i] & mask;
+  __syncthreads();
 }
 
 // Ascending bitonic sort of keys[0, n), n a power of two, by the whole CTA.
@@ -219,9 +256,10 @@ __global__ void __launch_bounds__(kCapThreads)
   if (threadIdx.x % kWarpSize == 0) cap[index] = static_cast<uint8_t>(c);
 }
 
-// One CTA per row (b, h, I). Dynamic shared memory: sort keys (next_pow2(Nk) x u64), cumulative
+// One CTA per row (b, h, I). Dynamic shared memory: sort keys (sort_slots(Nk) x u64), cumulative
 // sums (Nk x f64), the row's scores (Nk x f32), its scores in sorted order (Nk x f32), levels
-// (Nk x u8).
+// (Nk x u8). kItems > 0: the radix sort with kItems keys per thread; 0: the bitonic sort.
+template <int kItems>
 __global__ void __launch_bounds__(kRowThreads) plan_from_scores_kernel(PlannerParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int64_t level_ends[kNumLevels];
@@ -243,7 +281,8 @@ __global__ void __launch_bounds__(kRowThreads) plan_from_scores_kernel(PlannerPa
   }
   const int64_t padded = next_pow2(num_visible);
   uint64_t* keys = reinterpret_cast<uint64_t*>(smem);
-  double* cumulative = reinterpret_cast<double*>(keys + next_pow2(nk));
+  double* cumulative =
+      reinterpret_cast<double*>(keys + (kItems > 0 ? kRowThreads * kItems : next_pow2(nk)));
   float* row = reinterpret_cast<float*>(cumulative + nk);
   float* sorted = row + nk;
   uint8_t* levels = reinterpret_cast<uint8_t*>(sorted + nk);
@@ -256,11 +295,15 @@ __global__ void __launch_bounds__(kRowThreads) plan_from_scores_kernel(PlannerPa
   }
   __syncthreads();
   if (num_visible > 0) {
-    for (int64_t j = threadIdx.x; j < padded; j += blockDim.x) {
-      keys[j] = j < num_visible ? sort_key(row[j], j) : kPadKey;
+    if constexpr (kItems > 0) {
+      radix_sort_row<kItems>(keys, row, num_visible, nk);
+    } else {
+      for (int64_t j = threadIdx.x; j < padded; j += blockDim.x) {
+        keys[j] = j < num_visible ? sort_key(row[j], j) : kPadKey;
+      }
+      __syncthreads();
+      bitonic_sort(keys, padded);
     }
-    __syncthreads();
-    bitonic_sort(keys, padded);
 
     if (p.topk) {
       if (threadIdx.x == 0) {
@@ -421,9 +464,14 @@ Status prepare_shared_memory(Kernel kernel, size_t bytes, const char* what, int6
   PSA_RETURN_IF_ERROR(cuda_check(
       cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
       "cudaDeviceGetAttribute"));
-  if (bytes > static_cast<size_t>(limit)) {
+  // The kernel's static shared memory (the radix sort's) counts against the same limit.
+  cudaFuncAttributes attributes{};
+  PSA_RETURN_IF_ERROR(
+      cuda_check(cudaFuncGetAttributes(&attributes, kernel), "cudaFuncGetAttributes"));
+  const size_t total = bytes + attributes.sharedSizeBytes;
+  if (total > static_cast<size_t>(limit)) {
     return unsupported(std::string(what) + ": a row of Nk = " + std::to_string(num_k_blocks) +
-                       " key blocks needs " + std::to_string(bytes) +
+                       " key blocks needs " + std::to_string(total) +
                        " bytes of shared memory, more than this device's " +
                        std::to_string(limit));
   }
@@ -457,6 +505,15 @@ size_t cap_bytes(int64_t batch, int64_t heads, int64_t num_k_blocks) {
   constexpr size_t kAlign = 256;
   const size_t bytes = static_cast<size_t>(batch * heads * num_k_blocks);
   return (bytes + kAlign - 1) / kAlign * kAlign;
+}
+
+template <int kItems>
+Status launch_plan_from_scores(const PlannerParams& p, int64_t rows, size_t smem,
+                               cudaStream_t stream) {
+  PSA_RETURN_IF_ERROR(prepare_shared_memory(plan_from_scores_kernel<kItems>, smem,
+                                            "plan_from_scores", p.num_k_blocks));
+  plan_from_scores_kernel<kItems><<<static_cast<unsigned>(rows), kRowThreads, smem, stream>>>(p);
+  return check_launch("plan_from_scores_kernel");
 }
 
 }  // namespace
@@ -529,14 +586,25 @@ Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorVie
     p.cap = cap;
   }
 
-  int64_t padded = 1;
-  while (padded < num_k_blocks) padded <<= 1;
-  const size_t smem = static_cast<size_t>(padded) * sizeof(uint64_t) +
+  // The fewest keys per thread of the radix sort that hold the row (measured on an H200: the
+  // bitonic sort took 0.13 ms for Wan2.1 1.3B's 3072 rows of 512 blocks, kernel_notes.md).
+  int items = 1;
+  while (items <= kMaxSortItems && kRowThreads * items < num_k_blocks) items *= 2;
+  int64_t slots = kRowThreads * static_cast<int64_t>(items);
+  if (items > kMaxSortItems) {
+    items = 0;
+    for (slots = 1; slots < num_k_blocks;) slots <<= 1;
+  }
+  const size_t smem = static_cast<size_t>(slots) * sizeof(uint64_t) +
                       static_cast<size_t>(num_k_blocks) * (sizeof(double) + 2 * sizeof(float) + 1);
-  PSA_RETURN_IF_ERROR(
-      prepare_shared_memory(plan_from_scores_kernel, smem, "plan_from_scores", num_k_blocks));
-  plan_from_scores_kernel<<<static_cast<unsigned>(rows), kRowThreads, smem, s>>>(p);
-  return check_launch("plan_from_scores_kernel");
+  switch (items) {
+    case 1: return launch_plan_from_scores<1>(p, rows, smem, s);
+    case 2: return launch_plan_from_scores<2>(p, rows, smem, s);
+    case 4: return launch_plan_from_scores<4>(p, rows, smem, s);
+    case 8: return launch_plan_from_scores<8>(p, rows, smem, s);
+    case 16: return launch_plan_from_scores<16>(p, rows, smem, s);
+    default: return launch_plan_from_scores<0>(p, rows, smem, s);
+  }
 }
 
 Status plan_from_levels(PlanView plan, const TensorView& levels, const TensorView& k,

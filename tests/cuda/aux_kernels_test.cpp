@@ -196,19 +196,29 @@ INSTANTIATE_TEST_SUITE_P(
         EstimatorCase{"odd_samples", DType::kFloat16, 1, 2, 1, 500, 600, 64, 64, 64, false, false, 5, 3},
         EstimatorCase{"padded_dim40", DType::kBFloat16, 1, 2, 2, 256, 512, 40, 64, 32, true, false},
         EstimatorCase{"scalar_dim36", DType::kFloat16, 1, 2, 1, 300, 300, 36, 64, 64, false, true},
-        // 128 x 2049 fp32 = 1 MiB does not fit: the two-pass mode.
-        EstimatorCase{"two_pass", DType::kBFloat16, 1, 1, 1, 256, 65536, 64, 128, 32, false, false},
-        // The (128, Nk + 1) fp32 table (66 KiB) and a ring do not fit two CTAs per SM: the stored
-        // mode at one CTA per SM with a 4-stage ring.
-        EstimatorCase{"stored_one_cta_per_sm", DType::kFloat16, 1, 2, 1, 1024, 8192, 64, 128, 64, false, true},
-        // Two-pass with s_m = 24: a warp's 16 rows straddle query blocks.
-        EstimatorCase{"two_pass_rows_straddle", DType::kBFloat16, 1, 1, 1, 512, 65536, 64, 128, 32, false, false, 24, 0},
+        // The (128 rows x key blocks) fp32 table per CTA picks the mode (H200: 113 KiB per CTA at
+        // two CTAs per SM, 227 KiB at one). Nk = 120 at D 64: one CTA holds it, two per SM.
+        EstimatorCase{"stored_one_cta", DType::kBFloat16, 1, 2, 1, 300, 3840, 64, 128, 32, false, false},
+        // Nk = 240, 469, 938: clusters of 2, 4 and 8 CTAs, two per SM; causal, GQA, ragged.
+        EstimatorCase{"cluster2", DType::kBFloat16, 1, 2, 1, 300, 7650, 64, 128, 32, false, false},
+        EstimatorCase{"cluster4_causal", DType::kFloat16, 1, 2, 2, 640, 15000, 64, 128, 32, true, false},
+        EstimatorCase{"cluster8_gqa", DType::kBFloat16, 1, 4, 2, 500, 30000, 64, 128, 32, false, true},
+        // Nk = 2048: a cluster of 8 at one CTA per SM; with s_m = 24 a warp's 16 rows straddle
+        // query blocks.
+        EstimatorCase{"cluster8_one_per_sm", DType::kBFloat16, 1, 1, 1, 256, 65536, 64, 128, 32, false, false},
+        EstimatorCase{"cluster8_rows_straddle", DType::kBFloat16, 1, 1, 1, 512, 65536, 64, 128, 32, false, false, 24, 0},
+        // D 128, Nk = 516, causal: a cluster of 4 at one CTA per SM.
+        EstimatorCase{"cluster4_d128_causal", DType::kBFloat16, 1, 2, 1, 1000, 33000, 128, 128, 64, true, false},
+        // Nk = 4096: not even 8 slices fit, the two-pass mode.
+        EstimatorCase{"two_pass", DType::kBFloat16, 1, 1, 1, 256, 131072, 64, 128, 32, false, false},
         // block_n 256, s_n = 64: eight n8 column groups per key block.
         EstimatorCase{"block256_causal", DType::kBFloat16, 1, 2, 2, 512, 4096, 128, 128, 256, true, false},
         // s_m = 200 > 128 rows per CTA: one query block in two row chunks.
         EstimatorCase{"row_chunks", DType::kBFloat16, 1, 1, 1, 1024, 2048, 64, 256, 64, false, false, 200, 0},
-        // Causal in the two-pass mode, s_n = 12 (not a multiple of 8): the element-wise fold.
-        EstimatorCase{"two_pass_causal", DType::kFloat16, 1, 2, 1, 1024, 65536, 64, 128, 64, true, false, 0, 12}),
+        // s_n = 12 (not a multiple of 8): the element-wise fold, in a cluster of 4 (Nk = 1024)
+        // and in the two-pass mode (Nk = 4096), causal.
+        EstimatorCase{"cluster_causal_s12", DType::kFloat16, 1, 2, 1, 1024, 65536, 64, 128, 64, true, false, 0, 12},
+        EstimatorCase{"two_pass_causal_s12", DType::kFloat16, 1, 1, 1, 512, 262144, 64, 128, 64, true, false, 0, 12}),
     [](const ::testing::TestParamInfo<EstimatorCase>& info) { return std::string(info.param.name); });
 
 // ---- Planner ----------------------------------------------------------------------------------
@@ -382,8 +392,14 @@ INSTANTIATE_TEST_SUITE_P(
                     TextPosition::kStart},
         PlannerCase{"threshold_causal_text_end_lq_lt_lk", PlanMode::kThresholdBound, 128, 700,
                     1600, true, 100, TextPosition::kEnd, true},
-        // Nk = 3000 (not a power of two, > 2048): the sort pads to 4096.
+        // The radix sort holds 256 x {1, 2, 4, 8, 16} keys: Nk = 512 (2 a thread, ties), 600
+        // (4, causal), 3000 (16); past 4096 the bitonic sort: Nk = 4375.
+        PlannerCase{"topk_nk512_ties", PlanMode::kTopK, 64, 1024, 32760, false, 0,
+                    TextPosition::kEnd, false, false, true},
+        PlannerCase{"threshold_nk600_causal", PlanMode::kThresholdBound, 32, 19200, 19200, true},
         PlannerCase{"threshold_wide_row", PlanMode::kThresholdBound, 32, 256, 96000},
+        PlannerCase{"topk_bitonic_row_ties", PlanMode::kTopK, 32, 256, 140000, false, 0,
+                    TextPosition::kEnd, false, false, true},
         PlannerCase{"topk_tiny_row", PlanMode::kTopK, 128, 300, 100}),
     [](const ::testing::TestParamInfo<PlannerCase>& info) { return std::string(info.param.name); });
 
@@ -619,8 +635,8 @@ void time_plan_stages(const char* label, int64_t heads, int64_t seq, int64_t dim
     std::sort(est_ms.begin(), est_ms.end());
     std::sort(plan_ms.begin(), plan_ms.end());
     // The sampled GEMM of the estimator: (Mq s_m) x (Nk s_n) x D per head, 2 flops a term.
-    const double sampled_flops = 2.0 * batch * heads * (shape.num_q_blocks * (config.block_m / 4)) *
-                                 (shape.num_k_blocks * (config.block_n / 4)) * dim;
+    const double sampled_flops = 2.0 * batch * heads * (shape.num_q_blocks * config.effective_samples_m()) *
+                                 (shape.num_k_blocks * config.effective_samples_n()) * dim;
     std::printf("[timing] %s %s block_n %d: estimator %.3f ms (%.0f TFLOP/s of the sampled GEMM), "
                 "planner %.3f ms (median of %d)\n",
                 label, plan_mode_name(config.mode), config.block_n, est_ms[kRuns / 2],
