@@ -6,7 +6,7 @@ the torch custom ops (forward, backward, fake kernels by opcheck) and the NumPy 
 import numpy as np
 import pytest
 
-from helpers import psa, random_qkv, torch
+from helpers import needs_cuda, psa, random_qkv, torch
 
 F = torch.nn.functional
 
@@ -54,6 +54,22 @@ def test_torch_forward_backward(name, causal):
         assert torch.equal(got.grad, torch.zeros_like(t))
         if want.grad is not None:
             assert torch.equal(got.grad, want.grad)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["no_query_rows", "no_keys", "no_query_heads"])
+def test_cuda_forward_backward(name):
+    """bf16 on the GPU: the fills of O, LSE and the gradients run on the device (cuda::fill)."""
+    b, hq, hkv, lq, lk = CASES[name]
+    q, k, v = (t.to("cuda", torch.bfloat16).requires_grad_(True)
+               for t in random_qkv(5, b, hq, hkv, lq, lk, DIM))
+    out, lse = psa.attention(q, k, v, return_lse=True)
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.equal(lse, torch.full_like(lse, -torch.inf))
+    out.backward(torch.randn_like(out))
+    for t in (q, k, v):
+        assert torch.equal(t.grad, torch.zeros_like(t))
 
 
 @pytest.mark.parametrize("name", list(CASES))

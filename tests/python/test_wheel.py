@@ -10,6 +10,7 @@ folder; about a minute from scratch on 2 cores).
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import textwrap
@@ -126,14 +127,21 @@ _SMOKE = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_wheel_in_a_fresh_virtual_environment(wheel, tmp_path):
-    """pip installs the wheel offline into a new venv (numpy, and torch where installed, from the
-    system site packages); psa imports from the venv, its libraries resolve inside the wheel, and a tiny
+    """pip installs the wheel offline into a new venv (numpy, and torch where installed, from this
+    interpreter's site packages); psa imports from the venv, its libraries resolve inside the wheel, and a tiny
     all-level-1 attention equals dense attention (fp32, exact up to summation order)."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    # numpy and torch from this interpreter's site packages (which may themselves be a venv's),
+    # after the new venv's own: a .pth file, as --system-site-packages would reach only the base
+    # interpreter's.
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                              "['purelib'])"], check=True, capture_output=True, text=True,
+                             env=env).stdout.strip()
+    outer = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    Path(purelib, "outer_site_packages.pth").write_text("\n".join(outer) + "\n")
     # --ignore-installed: a psa in the system site packages must not count as installed.
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                     "--ignore-installed", "--disable-pip-version-check", str(wheel)],
