@@ -45,10 +45,47 @@ else
   echo "test.sh: clang with libFuzzer not found; the preset reader's mutation test ran instead"
 fi
 
-# The Python package. Without a GPU its wheel is built CPU-only: the CUDA sources were already
-# compiled (and their tests skipped) by the CMake build above.
-python3 -m pip install -q --disable-pip-version-check -r requirements-test.txt
+# The Python package, under the default python3 and under Python 3.12 (the GPU machine's
+# version). Each interpreter builds one wheel (CPU-only without a GPU: the CUDA sources were
+# already compiled, and their tests skipped, by the CMake build above), installs it, and runs the
+# suite, whose test_wheel.py checks that very wheel ($PSA_WHEEL) in a fresh virtual environment.
 cuda_flag=()
 if ! nvidia-smi -L >/dev/null 2>&1; then cuda_flag=(-Ccmake.define.PSA_CUDA=OFF); fi
-python3 -m pip install -q --disable-pip-version-check --no-build-isolation "${cuda_flag[@]}" .
-python3 -m pytest -q -rs tests/python
+python_suite() {
+  local python=$1 wheelhouse wheel
+  wheelhouse=build/wheelhouse/$("$python" -c 'import sys; print("py%d%d" % sys.version_info[:2])')
+  echo "test.sh: Python tests under" \
+    "$("$python" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+  "$python" -m pip install -q --disable-pip-version-check -r requirements-test.txt
+  rm -rf "$wheelhouse"
+  "$python" -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps \
+    "${cuda_flag[@]}" -w "$wheelhouse" .
+  wheel=$(ls "$PWD/$wheelhouse"/psa-*.whl)
+  "$python" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$wheel"
+  PSA_WHEEL="$wheel" "$python" -m pytest -q -rs tests/python
+}
+
+python_suite python3
+
+# Python 3.12: $PSA_PYTHON312, else python3.12 on the PATH, else pyenv's (the CI image has
+# pyenv's 3.12.1). Its packages, torch from PyPI as pinned in requirements-test.txt, go into a
+# virtual environment under build/ (about 4 GB; a few minutes to download the first time).
+python312=${PSA_PYTHON312:-}
+if [ -z "$python312" ]; then
+  for candidate in "$(command -v python3.12 || true)" \
+      "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && "$candidate" -c '' 2>/dev/null; then
+      python312=$candidate
+      break
+    fi
+  done
+fi
+if [ -z "$python312" ]; then
+  echo "test.sh: no Python 3.12 found (set PSA_PYTHON312)" >&2
+  if [ "${CI:-}" = "true" ]; then exit 1; fi
+else
+  if [ ! -x build/venv-py312/bin/python ]; then
+    "$python312" -m venv build/venv-py312
+  fi
+  python_suite "$PWD/build/venv-py312/bin/python"
+fi

@@ -2,6 +2,7 @@
 // the backend of the device its tensors live on. This file is the one dispatch point between the
 // CPU reference (src/cpu) and the CUDA backend (src/cuda).
 #include <cmath>
+#include <limits>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -147,6 +148,56 @@ Status check_plan_outputs(const PlanView& plan, const TensorView& source, const 
                                {{source, source_name}, {config.sim_cap ? k : none, "k"}});
 }
 
+// ---- Empty problems ----------------------------------------------------------------------------
+// B, Hq, Lq or Lk may be 0, with the results of torch.nn.functional.scaled_dot_product_attention:
+// outputs without elements stay untouched, and an output that has elements although nothing was
+// computed holds what an empty sum gives: O = 0 and LSE = -inf for rows with no key (Lk = 0),
+// zero gradients, and a plan of empty rows. No backend sees an empty problem.
+
+constexpr double kMinusInfinity = -std::numeric_limits<double>::infinity();
+
+// Writes `value` into every element of `t` on its device; nothing for a view without elements
+// (an absent optional output included).
+Status fill_output(TensorView t, double value, Stream stream) {
+  if (numel(t) <= 0) return Status();
+  if (t.device == Device::kCpu) return run_backend("fill", [&] { return cpu::fill(t, value); });
+#if defined(PSA_WITH_CUDA)
+  return run_backend("fill", [&] { return cuda::fill(t, value, stream); });
+#else
+  (void)stream;
+  return not_built("fill");
+#endif
+}
+
+// The forward of a problem with no query row or no key: O = 0, LSE = -inf. True in *done when the
+// problem was empty (the status then says how the fill went).
+Status forward_if_empty(bool* done, TensorView out, TensorView lse, const ProblemShape& s,
+                        Stream stream) {
+  *done = s.batch == 0 || s.heads_q == 0 || s.seq_q == 0 || s.seq_k == 0;
+  if (!*done) return Status();
+  PSA_RETURN_IF_ERROR(fill_output(out, 0.0, stream));
+  return fill_output(lse, kMinusInfinity, stream);
+}
+
+// The backward of such a problem: every gradient 0 (dq, dk, dv may still have elements: dq when
+// Lk = 0, dk and dv when Lq = 0 or Hq = 0).
+Status backward_if_empty(bool* done, TensorView dq, TensorView dk, TensorView dv,
+                         const ProblemShape& s, Stream stream) {
+  *done = s.batch == 0 || s.heads_q == 0 || s.seq_q == 0 || s.seq_k == 0;
+  if (!*done) return Status();
+  PSA_RETURN_IF_ERROR(fill_output(dq, 0.0, stream));
+  PSA_RETURN_IF_ERROR(fill_output(dk, 0.0, stream));
+  return fill_output(dv, 0.0, stream);
+}
+
+// A plan without key blocks (Nk = 0) lists nothing: counts 0. True in *done when the plan has no
+// row or no key block.
+Status plan_if_empty(bool* done, const PlanView& plan, Stream stream) {
+  *done = numel(plan.blocks) == 0;
+  if (!*done) return Status();
+  return fill_output(plan.counts, 0.0, stream);
+}
+
 }  // namespace
 
 bool cuda_backend_built() {
@@ -214,6 +265,7 @@ Status build_pyramid(PyramidView pyramid, const TensorView& k, const TensorView&
        {pyramid.k[2], "pyramid.k[2]"}, {pyramid.v[0], "pyramid.v[0]"},
        {pyramid.v[1], "pyramid.v[1]"}, {pyramid.v[2], "pyramid.v[2]"}},
       {{k, "k"}, {v, "v"}}));
+  if (numel(k) == 0) return Status();  // every level is empty too
   if (k.device == Device::kCpu) {
     return run_backend("build_pyramid", [&] { return cpu::build_pyramid(pyramid, k, v); });
   }
@@ -234,6 +286,7 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
   PSA_RETURN_IF_ERROR(detail::check_qkv(&s, q, k, k));
   PSA_RETURN_IF_ERROR(check_scores(scores, s, config, q));
   PSA_RETURN_IF_ERROR(detail::check_outputs({{scores, "scores"}}, {{q, "q"}, {k, "k"}}));
+  if (numel(scores) == 0) return Status();  // no query block or no key block
   if (q.device == Device::kCpu) {
     return run_backend("estimate_importance",
                        [&] { return cpu::estimate_importance(scores, q, k, config); });
@@ -272,6 +325,9 @@ Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorVie
                             " exceeds the key length Lk = " + std::to_string(s.seq_k));
   }
   PSA_RETURN_IF_ERROR(check_plan_outputs(plan, scores, "scores", k, config));
+  bool empty = false;
+  PSA_RETURN_IF_ERROR(plan_if_empty(&empty, plan, stream));
+  if (empty) return Status();
   if (plan.counts.device == Device::kCpu) {
     return run_backend("plan_from_scores",
                        [&] { return cpu::plan_from_scores(plan, scores, k, config); });
@@ -303,6 +359,9 @@ Status plan_from_levels(PlanView plan, const TensorView& levels, const TensorVie
   PSA_RETURN_IF_ERROR(check_level_map(levels, plan, /*written=*/false));
   PSA_RETURN_IF_ERROR(check_sim_k(k, s, config, plan.counts));
   PSA_RETURN_IF_ERROR(check_plan_outputs(plan, levels, "levels", k, config));
+  bool empty = false;
+  PSA_RETURN_IF_ERROR(plan_if_empty(&empty, plan, stream));
+  if (empty) return Status();
   if (plan.counts.device == Device::kCpu) {
     return run_backend("plan_from_levels",
                        [&] { return cpu::plan_from_levels(plan, levels, k, config); });
@@ -323,6 +382,7 @@ Status plan_to_levels(TensorView levels, const PlanView& plan, Stream stream) {
   PSA_RETURN_IF_ERROR(check_level_map(levels, plan, /*written=*/true));
   PSA_RETURN_IF_ERROR(detail::check_outputs(
       {{levels, "levels"}}, {{plan.counts, "plan.counts"}, {plan.blocks, "plan.blocks"}}));
+  if (numel(levels) == 0) return Status();
   if (plan.counts.device == Device::kCpu) {
     return run_backend("plan_to_levels", [&] { return cpu::plan_to_levels(levels, plan); });
   }
@@ -342,6 +402,13 @@ Status plan_statistics(PlanStats* stats, const PlanView& plan) {
     return invalid_argument("plan_statistics reads a host plan; copy the plan to the CPU first");
   }
   PSA_RETURN_IF_ERROR(detail::check_plan(plan, s, plan.counts, /*check_contents=*/true));
+  if (numel(plan.blocks) == 0) {
+    // No (row, key block) pair: nothing is attended, densities and fractions are 0.
+    PlanStats empty;
+    empty.density_per_head.assign(static_cast<size_t>(s.heads_q), 0.0);
+    *stats = empty;
+    return Status();
+  }
   return run_backend("plan_statistics", [&] { return cpu::plan_statistics(stats, plan); });
 }
 
@@ -364,6 +431,9 @@ Status attention_forward(TensorView out, TensorView lse, const TensorView& q, co
        {pyramid.v[0], "pyramid.v[0]"}, {pyramid.v[1], "pyramid.v[1]"},
        {pyramid.v[2], "pyramid.v[2]"}, {plan.counts, "plan.counts"},
        {plan.blocks, "plan.blocks"}}));
+  bool empty = false;
+  PSA_RETURN_IF_ERROR(forward_if_empty(&empty, out, lse, s, stream));
+  if (empty) return Status();
   if (q.device == Device::kCpu) {
     return run_backend("attention_forward", [&] {
       return cpu::attention_forward(out, lse, q, k, v, pyramid, plan, config);
@@ -389,7 +459,7 @@ size_t attention_backward_workspace_bytes(const TensorView& dout, const TensorVi
 #if defined(PSA_WITH_CUDA)
   // A size query: arguments that attention_backward would reject get 0 (it reports them).
   const bool shaped = q.rank == 4 && k.rank == 4 && dout.rank == 4 && plan.block_m > 0 &&
-                      plan.block_n > 0;
+                      plan.block_n > 0 && numel(q) > 0 && numel(k) > 0;
   if (shaped && q.device == Device::kCuda) {
     return cuda::attention_backward_workspace_bytes(dout, q, k, plan, config);
   }
@@ -418,6 +488,9 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
       {{dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
       {{dout, "dout"}, {q, "q"}, {k, "k"}, {v, "v"}, {out, "out"}, {lse, "lse"},
        {plan.counts, "plan.counts"}, {plan.blocks, "plan.blocks"}}));
+  bool empty = false;
+  PSA_RETURN_IF_ERROR(backward_if_empty(&empty, dq, dk, dv, s, stream));
+  if (empty) return Status();
   if (q.device == Device::kCpu) {
     return run_backend("attention_backward", [&] {
       return cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, plan, config);
@@ -453,6 +526,9 @@ Status dense_attention_forward(TensorView out, TensorView lse, const TensorView&
   PSA_RETURN_IF_ERROR(
       detail::check_outputs({{out, "out"}, {lse, "lse"}}, {{q, "q"}, {k, "k"}, {v, "v"}}));
   if (q.device == Device::kCpu) {
+    bool empty = false;
+    PSA_RETURN_IF_ERROR(forward_if_empty(&empty, out, lse, s, stream));
+    if (empty) return Status();
     return run_backend("dense_attention_forward", [&] {
       return cpu::dense_attention_forward(out, lse, q, k, v, causal, scale);
     });
@@ -483,6 +559,9 @@ Status dense_attention_backward(TensorView dq, TensorView dk, TensorView dv, con
       {{dq, "dq"}, {dk, "dk"}, {dv, "dv"}},
       {{dout, "dout"}, {q, "q"}, {k, "k"}, {v, "v"}, {out, "out"}, {lse, "lse"}}));
   if (q.device == Device::kCpu) {
+    bool empty = false;
+    PSA_RETURN_IF_ERROR(backward_if_empty(&empty, dq, dk, dv, s, stream));
+    if (empty) return Status();
     return run_backend("dense_attention_backward", [&] {
       return cpu::dense_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, causal, scale);
     });
@@ -495,8 +574,9 @@ Status dense_attention_backward(TensorView dq, TensorView dk, TensorView dv, con
 Status permute_tokens(TensorView out, const TensorView& in, const int64_t* perm, Stream stream) {
   PSA_RETURN_IF_ERROR(detail::check_tensor(in, "in", 4));
   PSA_RETURN_IF_ERROR(check_like(out, "out", in, "in"));
-  if (perm == nullptr) return invalid_argument("perm must not be null");
+  if (perm == nullptr && in.shape[2] > 0) return invalid_argument("perm must not be null");
   PSA_RETURN_IF_ERROR(detail::check_outputs({{out, "out"}}, {{in, "in"}}));
+  if (numel(in) == 0) return Status();
   if (in.device == Device::kCpu) {
     const int64_t n = in.shape[2];
     for (int64_t i = 0; i < n; ++i) {

@@ -168,6 +168,16 @@ int run_command(const RunOptions& options) {
   if (options.device == "cuda" && !cuda_backend_built()) {
     return report_error(Status(StatusCode::kNotBuilt, "psa was built without the CUDA backend"));
   }
+  if (options.device == "cuda") {
+    // Asked before any CUDA call, so that a machine without a GPU or driver hears that, and not
+    // the first call's "CUDA driver version is insufficient for CUDA runtime version".
+    std::string reason;
+    if (!cuda_device_usable(&reason)) {
+      return report_error(Status(StatusCode::kCudaError,
+                                 "--device cuda: no usable CUDA device was found (" + reason +
+                                     "); run on the CPU with --device cpu"));
+    }
+  }
   DType dtype = DType::kFloat32;
   Status st = parse_dtype(&dtype, options.dtype, options.device);
   if (!st.ok()) return report_error(st);

@@ -38,7 +38,7 @@ bool is_floating(DType dtype);
 // The number of elements; -1 when the view is malformed (rank outside [0, kMaxRank], a negative
 // dimension) or the count overflows int64.
 int64_t numel(const TensorView& t);
-// Row-major without gaps; false for a malformed view.
+// Row-major without gaps (always, for a view without elements); false for a malformed view.
 bool is_contiguous(const TensorView& t);
 // "(2, 8, 4096, 128)"; "(rank 12: not in [0, 4])" for a rank no view can have.
 std::string shape_string(const TensorView& t);

@@ -59,7 +59,9 @@ int64_t numel(const TensorView& t) {
 }
 
 bool is_contiguous(const TensorView& t) {
-  if (numel(t) < 0) return false;
+  const int64_t n = numel(t);
+  if (n < 0) return false;
+  if (n == 0) return true;  // no element to place (torch.Tensor.is_contiguous says the same)
   int64_t expected = 1;
   for (int d = t.rank - 1; d >= 0; --d) {
     if (t.shape[d] != 1 && t.stride[d] != expected) return false;

@@ -37,17 +37,22 @@ Status check_tensor(const TensorView& t, const char* name, int rank) {
     return invalid_argument(std::string(name) + " has an unknown device code " +
                             std::to_string(static_cast<int>(t.device)) + " (expected cpu or cuda)");
   }
-  if (t.data == nullptr) return invalid_argument(std::string(name) + " has a null data pointer");
-  int64_t max_offset = 0;
   for (int d = 0; d < rank; ++d) {
-    if (t.shape[d] < 1) {
-      return invalid_argument(std::string(name) + " must have every dimension >= 1, got " +
+    if (t.shape[d] < 0) {
+      return invalid_argument(std::string(name) + " must have every dimension >= 0, got " +
                               shape_string(t));
     }
     if (t.stride[d] < 0) {
       return invalid_argument(std::string(name) + " has a negative stride in dimension " +
                               std::to_string(d));
     }
+  }
+  // An empty view (a dimension of 0, as torch.empty((0, ...)) makes) holds no element: its data
+  // pointer may be null and it addresses no memory.
+  if (numel(t) == 0) return Status();
+  if (t.data == nullptr) return invalid_argument(std::string(name) + " has a null data pointer");
+  int64_t max_offset = 0;
+  for (int d = 0; d < rank; ++d) {
     int64_t extent = 0;
     if (mul_overflows(t.shape[d] - 1, t.stride[d], &extent) || max_offset > INT64_MAX - extent) {
       return invalid_argument(std::string(name) + " " + shape_string(t) +
@@ -140,11 +145,15 @@ Status check_qkv(ProblemShape* s, const TensorView& q, const TensorView& k, cons
   s->head_dim = q.shape[3];
   s->heads_kv = k.shape[1];
   s->seq_k = k.shape[2];
+  if (s->head_dim < 1) {
+    return invalid_argument("q must have a head dimension D >= 1, got " + shape_string(q));
+  }
   PSA_RETURN_IF_ERROR(check_shape(k, "k", "(B, Hkv, Lk, D)",
                                   {s->batch, s->heads_kv, s->seq_k, s->head_dim}));
   PSA_RETURN_IF_ERROR(check_shape(v, "v", "(B, Hkv, Lk, D)",
                                   {s->batch, s->heads_kv, s->seq_k, s->head_dim}));
-  if (s->heads_q % s->heads_kv != 0) {
+  // B, Hq, Lq and Lk may be 0 (an empty problem); Hkv = 0 only together with Hq = 0.
+  if (s->heads_kv == 0 ? s->heads_q != 0 : s->heads_q % s->heads_kv != 0) {
     return invalid_argument("the number of query heads Hq = " + std::to_string(s->heads_q) +
                             " must be a multiple of the key/value heads Hkv = " +
                             std::to_string(s->heads_kv));
@@ -203,8 +212,8 @@ Status check_plan(const PlanView& plan, const ProblemShape& s, const TensorView&
   }
   for (const auto& [length, field] : {std::pair{plan.seq_q, "plan.seq_q (Lq)"},
                                        {plan.seq_k, "plan.seq_k (Lk)"}}) {
-    if (length < 1 || length > kMaxIndex32) {
-      return invalid_argument(std::string(field) + " must be in [1, 2^31 - 1], got " +
+    if (length < 0 || length > kMaxIndex32) {
+      return invalid_argument(std::string(field) + " must be in [0, 2^31 - 1], got " +
                               std::to_string(length));
     }
   }
@@ -369,6 +378,7 @@ std::string strides_string(const TensorView& t) {
 }  // namespace
 
 Status check_no_internal_overlap(const TensorView& t, const char* name) {
+  if (numel(t) == 0) return Status();
   const Wide element = static_cast<Wide>(dtype_size(t.dtype));
   bool overlap = false;
   for (int d = 0; d < t.rank; ++d) overlap = overlap || (t.shape[d] > 1 && t.stride[d] == 0);
@@ -400,6 +410,7 @@ Status check_no_overlap(const TensorView& a, const char* a_name, const TensorVie
   if (a.data == nullptr || b.data == nullptr) return Status();
   if (a.rank < 0 || a.rank > kMaxRank || b.rank < 0 || b.rank > kMaxRank) return Status();
   if (a.device != b.device || a.device_index != b.device_index) return Status();
+  if (numel(a) == 0 || numel(b) == 0) return Status();
   Wide a_first = 0, a_last = 0, b_first = 0, b_last = 0;
   byte_range(a, &a_first, &a_last);
   byte_range(b, &b_first, &b_last);

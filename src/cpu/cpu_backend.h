@@ -40,4 +40,7 @@ Status dense_attention_backward(TensorView dq, TensorView dk, TensorView dv, con
 
 Status permute_tokens(TensorView out, const TensorView& in, const int64_t* perm);
 
+// Every element of `t` (any strides) set to `value` rounded to t's dtype.
+Status fill(TensorView t, double value);
+
 }  // namespace psa::cpu

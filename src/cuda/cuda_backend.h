@@ -42,4 +42,7 @@ bool device_usable(std::string* reason);
 
 Status permute_tokens(TensorView out, const TensorView& in, const int64_t* perm, Stream stream);
 
+// Every element of `t` (any strides, rank <= 4) set to `value` rounded to t's dtype.
+Status fill(TensorView t, double value, Stream stream);
+
 }  // namespace psa::cuda

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <limits>
 #include <string>
 
 #include "common/test_util.h"
@@ -129,16 +130,143 @@ TEST(ApiValidation, NullPointers) {
   expect_invalid(permute_tokens(out.view(), p.qkv.k.view(), nullptr), {"perm"});
 }
 
-TEST(ApiValidation, ZeroLengthSequences) {
+// ---- Empty problems: the results of torch's scaled_dot_product_attention ---------------------
+// B, Hq, Lq or Lk = 0 is a valid problem: outputs without elements are left alone (their data
+// pointers may be null, as torch.empty((0, ...)).data_ptr() is), and outputs that still have
+// elements get what an empty sum gives: O = 0 and LSE = -inf for rows without keys, zero
+// gradients, plan rows that list nothing. Outputs are poisoned (NaN, 0x7f..) first.
+
+// Every element of `t` equals `expected` (bitwise for the infinities).
+void expect_all(const HostTensor& t, double expected, const char* what) {
+  const HostTensor values = to_host(t.view(), DType::kFloat64);
+  const int64_t n = numel(t.view());
+  ASSERT_GT(n, 0) << what << " should have elements";
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(values.data<double>()[i], expected) << what << " element " << i;
+  }
+}
+
+struct EmptyCase {
+  int64_t batch, heads_q, heads_kv, seq_q, seq_k;
+};
+
+// Plans, attends and differentiates one problem through the public API, every call checked.
+void run_empty_case(const EmptyCase& e) {
+  SCOPED_TRACE("B = " + std::to_string(e.batch) + ", Hq = " + std::to_string(e.heads_q) +
+               ", Hkv = " + std::to_string(e.heads_kv) + ", Lq = " + std::to_string(e.seq_q) +
+               ", Lk = " + std::to_string(e.seq_k));
+  const Config config = small_config();
+  Qkv qkv = random_qkv(e.batch, e.heads_q, e.heads_kv, e.seq_q, e.seq_k, kD, DType::kFloat32, 3);
+  HostPyramid pyramid = make_host_pyramid(e.batch, e.heads_kv, e.seq_k, kD, DType::kFloat32);
+  ASSERT_TRUE(build_pyramid(pyramid.view(), qkv.k.view(), qkv.v.view()).ok());
+
+  const PlanShape shape = plan_shape(e.batch, e.heads_q, e.seq_q, e.seq_k, config);
+  HostTensor scores(DType::kFloat32, {e.batch, e.heads_q, shape.num_q_blocks,
+                                      shape.num_k_blocks});
+  HostPlan plan = make_host_plan(e.batch, e.heads_q, e.seq_q, e.seq_k, config);
+  poison(plan.counts);
+  Status st = estimate_importance(scores.view(), qkv.q.view(), qkv.k.view(), config);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  st = plan_from_scores(plan.view(), scores.view(), TensorView{}, config);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  if (numel(plan.counts.view()) > 0) expect_all(plan.counts, 0.0, "plan.counts");
+  PlanStats stats;
+  ASSERT_TRUE(plan_statistics(&stats, plan.view()).ok());
+  EXPECT_EQ(stats.density, 0.0);
+  EXPECT_EQ(stats.density_per_head.size(), static_cast<size_t>(e.heads_q));
+
+  HostTensor out(DType::kFloat32, {e.batch, e.heads_q, e.seq_q, kD});
+  HostTensor lse(DType::kFloat32, {e.batch, e.heads_q, e.seq_q});
+  poison(out);
+  poison(lse);
+  st = attention_forward(out.view(), lse.view(), qkv.q.view(), qkv.k.view(), qkv.v.view(),
+                         pyramid.view(), plan.view(), config);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  const bool rows = numel(out.view()) > 0;  // only when Lk = 0
+  if (rows) {
+    expect_all(out, 0.0, "out");
+    expect_all(lse, -std::numeric_limits<double>::infinity(), "lse");
+  }
+
+  HostTensor dout(DType::kFloat32, {e.batch, e.heads_q, e.seq_q, kD});
+  fill_normal(dout, 4);
+  HostTensor dq(DType::kFloat32, {e.batch, e.heads_q, e.seq_q, kD});
+  HostTensor dk(DType::kFloat32, {e.batch, e.heads_kv, e.seq_k, kD});
+  HostTensor dv(DType::kFloat32, {e.batch, e.heads_kv, e.seq_k, kD});
+  for (HostTensor* g : {&dq, &dk, &dv}) poison(*g);
+  st = attention_backward(dq.view(), dk.view(), dv.view(), dout.view(), qkv.q.view(),
+                          qkv.k.view(), qkv.v.view(), out.view(), lse.view(), plan.view(), config,
+                          nullptr, 0);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  for (const auto& [g, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}}) {
+    if (numel(g->view()) > 0) expect_all(*g, 0.0, name);
+  }
+
+  // The dense reference agrees.
+  poison(out);
+  poison(lse);
+  st = dense_attention_forward(out.view(), lse.view(), qkv.q.view(), qkv.k.view(), qkv.v.view(),
+                               false, 0.0f);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  if (rows) {
+    expect_all(out, 0.0, "dense out");
+    expect_all(lse, -std::numeric_limits<double>::infinity(), "dense lse");
+  }
+  for (HostTensor* g : {&dq, &dk, &dv}) poison(*g);
+  st = dense_attention_backward(dq.view(), dk.view(), dv.view(), dout.view(), qkv.q.view(),
+                                qkv.k.view(), qkv.v.view(), out.view(), lse.view(), false, 0.0f);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  for (const auto& [g, name] : {std::pair{&dq, "dense dq"}, {&dk, "dense dk"}, {&dv, "dense dv"}}) {
+    if (numel(g->view()) > 0) expect_all(*g, 0.0, name);
+  }
+}
+
+TEST(EmptyProblems, NoQueryRows) { run_empty_case({1, 4, 2, 0, 72}); }
+TEST(EmptyProblems, NoKeys) { run_empty_case({1, 4, 2, 40, 0}); }
+TEST(EmptyProblems, NoQueriesNorKeys) { run_empty_case({2, 4, 2, 0, 0}); }
+TEST(EmptyProblems, NoBatch) { run_empty_case({0, 4, 2, 40, 72}); }
+TEST(EmptyProblems, NoHeads) { run_empty_case({1, 0, 0, 40, 72}); }
+TEST(EmptyProblems, NoQueryHeads) { run_empty_case({1, 0, 2, 40, 72}); }
+
+TEST(EmptyProblems, EmptyViewsMayHaveNullData) {
+  // The empty outputs of run_empty_case come from HostTensor, whose empty buffers may or may not
+  // have an address; here every view without elements has none.
+  const Config config = small_config();
+  const TensorView q = make_view(nullptr, DType::kFloat32, {1, 4, 0, 8});
+  const TensorView k = make_view(nullptr, DType::kFloat32, {1, 2, 0, 8});
+  const TensorView out = q, lse = make_view(nullptr, DType::kFloat32, {1, 4, 0});
+  Status st = dense_attention_forward(out, lse, q, k, k, true, 0.0f);
+  EXPECT_TRUE(st.ok()) << st.to_string();
+  st = permute_tokens(out, q, nullptr);
+  EXPECT_TRUE(st.ok()) << st.to_string();
+  HostPlan plan = make_host_plan(1, 4, 0, 0, config);
+  HostTensor levels(DType::kUInt8, {1, 4, 0, 0});
+  st = plan_to_levels(levels.view(), plan.view());
+  EXPECT_TRUE(st.ok()) << st.to_string();
+}
+
+TEST(EmptyProblems, StillRejected) {
+  // An element-holding view with a null pointer, a head dimension of 0, key/value heads of 0 with
+  // query heads, and negative sizes remain errors.
   Problem p;
   TensorView q = p.qkv.q.view();
-  q.shape[2] = 0;
-  expect_invalid(attention_forward(p.out.view(), p.lse.view(), q, p.qkv.k.view(), p.qkv.v.view(),
-                                   p.pyramid.view(), p.plan.view(), p.config),
-                 {"q", ">= 1"});
+  q.data = nullptr;
+  expect_invalid(dense_attention_forward(p.out.view(), TensorView{}, q, p.qkv.k.view(),
+                                         p.qkv.v.view(), false, 0.0f),
+                 {"q", "null"});
+  Qkv flat = random_qkv(1, 2, 2, 8, 8, 0, DType::kFloat32, 1);
+  HostTensor out(DType::kFloat32, {1, 2, 8, 0});
+  expect_invalid(dense_attention_forward(out.view(), TensorView{}, flat.q.view(), flat.k.view(),
+                                         flat.v.view(), false, 0.0f),
+                 {"head dimension D >= 1"});
+  Qkv headless = random_qkv(1, 2, 0, 8, 8, 8, DType::kFloat32, 1);
+  HostTensor out2(DType::kFloat32, {1, 2, 8, 8});
+  expect_invalid(dense_attention_forward(out2.view(), TensorView{}, headless.q.view(),
+                                         headless.k.view(), headless.v.view(), false, 0.0f),
+                 {"Hq = 2", "Hkv = 0"});
   TensorView k = p.qkv.k.view();
-  k.shape[2] = 0;
-  expect_invalid(build_pyramid(p.pyramid.view(), k, p.qkv.v.view()), {"k", ">= 1"});
+  k.shape[2] = -1;
+  expect_invalid(build_pyramid(p.pyramid.view(), k, p.qkv.v.view()), {"k", ">= 0"});
 }
 
 TEST(ApiValidation, IndexOverflow) {

@@ -12,9 +12,11 @@ namespace psa::test {
 
 // True when a CUDA device is usable; tests call PSA_SKIP_WITHOUT_GPU() first.
 bool gpu_available();
-#define PSA_SKIP_WITHOUT_GPU()                                                     \
-  do {                                                                             \
-    if (!::psa::test::gpu_available()) GTEST_SKIP() << "no CUDA device present";   \
+#define PSA_SKIP_WITHOUT_GPU()                                                               \
+  do {                                                                                       \
+    if (!::psa::test::gpu_available()) {                                                     \
+      GTEST_SKIP() << "no usable CUDA device here; the CUDA tests run on a GPU machine";    \
+    }                                                                                        \
   } while (0)
 
 #define PSA_CUDA_CHECK(expr) ASSERT_EQ((expr), cudaSuccess) << cudaGetErrorString(expr)

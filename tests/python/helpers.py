@@ -45,5 +45,5 @@ def rel_l2(a, b) -> float:
 
 needs_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and psa.cuda_available()),
-    reason="needs a CUDA device and a psa build with the CUDA backend (CI has neither; the lead "
-           "runs these on the GPU machine)")
+    reason="needs a CUDA device and a psa build with the CUDA backend; these run on a GPU machine "
+           "(pytest -m gpu tests/python)")

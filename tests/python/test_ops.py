@@ -117,7 +117,7 @@ def test_compile_fullgraph_cpu(backend, request):
             replay_hint(seed, request)
 
 
-# ---- CUDA (skipped without a GPU build; the lead runs these on the GPU machine) ---------------
+# ---- CUDA (skipped without a GPU build; they run on a GPU machine with `pytest -m gpu`) ---------
 
 
 @needs_cuda

@@ -54,6 +54,13 @@ psa_tool_test(no_subcommand CHECK -DEXPECT_EXIT=nonzero -DEXPECT_STDERR=subcomma
 if(NOT PSA_WITH_CUDA)
   psa_tool_test(cuda_not_built ARGS run --device cuda
     CHECK -DEXPECT_EXIT=2 "-DEXPECT_STDERR=built without the CUDA backend")
+else()
+  # A CUDA build on a machine without a usable GPU (CI's; on a GPU machine the device is hidden
+  # with CUDA_VISIBLE_DEVICES=-1) says so and how to run on the CPU, before any CUDA call fails.
+  psa_tool_test(cuda_no_device ARGS run --device cuda
+    CHECK -DEXPECT_EXIT=1
+          "-DEXPECT_STDERR=no usable CUDA device was found|run on the CPU with --device cpu")
+  set_tests_properties(tool.cuda_no_device PROPERTIES ENVIRONMENT "CUDA_VISIBLE_DEVICES=-1")
 endif()
 
 # Equal density means equal: binary block-sparse gets PSA's density with the text blocks counted.
