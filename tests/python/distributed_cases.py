@@ -39,8 +39,9 @@ SPARSE = psa.Config(block_m=64, block_n=32, ends=(0.2, 0.3, 0.4, 0.6))
 # the sparse-vs-dense difference (> 1e-2).
 MODEL_TOL = 1e-5
 # Seconds a collective waits for the other rank: a rank that raised mid-case fails the other
-# rank's pending collective after this long instead of hanging it.
-COLLECTIVE_TIMEOUT = 30
+# rank's pending collective after this long instead of hanging it. Generous, because two ranks on
+# a loaded 2-core machine can reach a collective many seconds apart.
+COLLECTIVE_TIMEOUT = 60
 
 
 def _shard(x, lens, rank, dim=2):
