@@ -4,7 +4,7 @@ The two ranks are spawned once for the module and run every case of distributed_
 rank checks its shard against one process's result on the whole input); each test here reports
 one case. The ranks meet through a file in a temporary folder (no port to pick), every collective
 gives up after distributed_cases.COLLECTIVE_TIMEOUT seconds, and the ranks are killed after
-SPAWN_TIMEOUT seconds, so a failure cannot hang the run. About 30 s on 2 cores, a third of it the
+SPAWN_TIMEOUT seconds, so a failure cannot hang the run. 25-50 s on 2 cores, a third of it the
 imports of torch and diffusers and torch's first custom-op call in each rank.
 """
 
