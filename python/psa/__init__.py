@@ -6,7 +6,8 @@
     out = psa.attention(q, k, v, plan=plan)
 
 torch tensors (CPU or CUDA) go through torch custom ops with autograd and torch.compile support;
-NumPy arrays go straight to the C++ library. See docs/python.md.
+NumPy arrays go straight to the C++ library. psa.distributed.ulysses_attention spreads one call
+over the ranks of a torch.distributed group (sequence parallelism). See docs/python.md.
 """
 
 try:
@@ -66,5 +67,6 @@ try:
 except ImportError:
     pass
 else:
+    import psa.distributed  # noqa: F401  psa.distributed.ulysses_attention (sequence parallelism)
     import psa.ops  # noqa: F401  registers the torch.ops.psa custom ops
     from psa.modules import PSAAttention  # noqa: F811
