@@ -8,8 +8,6 @@ import pytest
 
 from helpers import needs_cuda, psa, random_qkv, torch
 
-F = torch.nn.functional
-
 # (B, Hq, Hkv, Lq, Lk)
 CASES = {
     "no_query_rows": (1, 4, 2, 0, 96),
@@ -22,38 +20,23 @@ CASES = {
 DIM = 64
 
 
-def _sdpa(q, k, v, causal):
-    """SDPA with k, v heads repeated for GQA (torch's own reference for these shapes)."""
-    if k.shape[1] and q.shape[1] != k.shape[1]:
-        repeat = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1)
-    elif k.shape[1] != q.shape[1]:  # Hq = 0 with Hkv > 0: no query head reads any key
-        k, v = k[:, :0], v[:, :0]
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
-
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_torch_forward_backward(name, causal):
+    """What SDPA returns for these shapes (checked against torch 2.15's CPU SDPA: zeros, and zero
+    gradients), written out: torch 2.11's CPU SDPA, the GPU machine's, dies with SIGFPE on some
+    of them, so the test does not call it."""
     b, hq, hkv, lq, lk = CASES[name]
     q, k, v = random_qkv(1, b, hq, hkv, lq, lk, DIM)
     mine = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    ref = [t.clone().requires_grad_(True) for t in (q, k, v)]
     out, lse = psa.attention(*mine, causal=causal, return_lse=True)
-    expected = _sdpa(*ref, causal)
     assert out.shape == q.shape and lse.shape == q.shape[:3]
-    assert torch.equal(out, expected)
-    if out.numel():
-        assert torch.equal(out, torch.zeros_like(out))
-        assert torch.equal(lse, torch.full_like(lse, -torch.inf))
-    dout = torch.randn_like(out)
-    out.backward(dout)
-    expected.backward(dout)
-    for got, want, t in zip(mine, ref, (q, k, v)):
+    assert torch.equal(out, torch.zeros_like(q))
+    assert torch.equal(lse, torch.full_like(lse, -torch.inf))
+    out.backward(torch.randn_like(out))
+    for got, t in zip(mine, (q, k, v)):
         assert got.grad is not None and got.grad.shape == t.shape
         assert torch.equal(got.grad, torch.zeros_like(t))
-        if want.grad is not None:
-            assert torch.equal(got.grad, want.grad)
 
 
 @needs_cuda
