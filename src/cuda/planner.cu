@@ -240,20 +240,94 @@ __device__ int warp_block_cap(const KeyView& k, int64_t b, int64_t hkv, int64_t 
   return cap;
 }
 
-// cap: (B, Hkv, Nk) uint8 contiguous; one warp per (b, hkv, J).
+// Tokens of a key block staged at a time by the similarity cap kernel: a multiple of the largest
+// pool factor, so that every group of every level lies inside one chunk.
+constexpr int kCapChunk = 64;
+
+// Shared memory of similarity_cap_kernel: a chunk of tokens (rows padded by one element, so that
+// threads reading rows f apart hit different banks) and the cosines of every group.
+__host__ __device__ inline size_t cap_chunk_stride(int64_t head_dim) { return head_dim + 1; }
+template <typename T>
+size_t cap_smem_bytes(int64_t block_n, int64_t head_dim) {
+  const int64_t rows = block_n < kCapChunk ? block_n : kCapChunk;
+  const size_t scratch = kNumPooledLevels * kMaxGroups * sizeof(double);
+  const size_t tokens = static_cast<size_t>(rows) * cap_chunk_stride(head_dim) * sizeof(T);
+  return scratch + (tokens + 15) / 16 * 16;
+}
+
+// cap: (B, Hkv, Nk) uint8 contiguous; one CTA per (b, hkv, J). The block's tokens go through
+// shared memory kCapChunk at a time in coalesced loads (warp w takes tokens w, w + 4, ..., lanes
+// the features); then thread t computes the cosine of one group of one level of the chunk from
+// shared memory in d order with the CPU's roundings, so the sims are bit-identical to the
+// reference (and to warp_block_cap); thread 0 sums them in group order. The warp-per-block kernel
+// this replaces read each token row by a lane of its own, 32 cache lines a load.
 template <typename T>
 __global__ void __launch_bounds__(kCapThreads)
-    similarity_cap_kernel(uint8_t* cap, KeyView k, int64_t total, int64_t heads_kv,
-                          int64_t num_k_blocks, int64_t block_n) {
-  __shared__ double scratch[kCapThreads / kWarpSize][kNumPooledLevels * kMaxGroups];
-  const int64_t index =
-      static_cast<int64_t>(blockIdx.x) * (kCapThreads / kWarpSize) + threadIdx.x / kWarpSize;
-  if (index >= total) return;
+    similarity_cap_kernel(uint8_t* cap, KeyView k, int64_t heads_kv, int64_t num_k_blocks,
+                          int64_t block_n) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  double* cosines = reinterpret_cast<double*>(smem);  // (kNumPooledLevels, kMaxGroups)
+  T* tokens = reinterpret_cast<T*>(cosines + kNumPooledLevels * kMaxGroups);
+  const int64_t index = blockIdx.x;
   const int64_t kblock = index % num_k_blocks;
   const int64_t hkv = (index / num_k_blocks) % heads_kv;
   const int64_t b = index / (num_k_blocks * heads_kv);
-  const int c = warp_block_cap<T>(k, b, hkv, kblock, block_n, scratch[threadIdx.x / kWarpSize]);
-  if (threadIdx.x % kWarpSize == 0) cap[index] = static_cast<uint8_t>(c);
+  const T* base = static_cast<const T*>(k.data) + b * k.stride[0] + hkv * k.stride[1];
+  const int64_t begin = kblock * block_n;
+  const int64_t end = detail::min64(begin + block_n, k.seq);
+  const int64_t stride = static_cast<int64_t>(cap_chunk_stride(k.head_dim));
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  constexpr int kWarps = kCapThreads / kWarpSize;
+
+  for (int64_t c0 = begin; c0 < end; c0 += kCapChunk) {
+    const int64_t c1 = detail::min64(c0 + kCapChunk, end);
+    for (int64_t t = c0 + warp; t < c1; t += kWarps) {
+      const T* row = base + t * k.stride[2];
+      for (int64_t d = lane; d < k.head_dim; d += kWarpSize) {
+        tokens[(t - c0) * stride + d] = row[d * k.stride[3]];
+      }
+    }
+    __syncthreads();
+    // Thread t: group t of factor 2, then of 4, then of 8 (the chunk holds at most 32 + 16 + 8).
+    int slot = threadIdx.x;
+    for (int l = 0; l < kNumPooledLevels; ++l) {
+      const int64_t f = int64_t{2} << l;
+      const int64_t groups = detail::ceil_div(c1 - c0, f);
+      if (slot >= 0 && slot < groups) {
+        const int64_t first = slot * f;
+        const int64_t last = detail::min64(first + f, c1 - c0) - 1;
+        double value = 1.0;  // a one-token group
+        if (last != first) {
+          const T* x = tokens + first * stride;
+          const T* y = tokens + last * stride;
+          double dot = 0.0, n1 = 0.0, n2 = 0.0;
+          for (int64_t d = 0; d < k.head_dim; ++d) {
+            const double a = to_float(x[d]);
+            const double bb = to_float(y[d]);
+            dot = __dadd_rn(dot, __dmul_rn(a, bb));
+            n1 = __dadd_rn(n1, __dmul_rn(a, a));
+            n2 = __dadd_rn(n2, __dmul_rn(bb, bb));
+          }
+          const double norms = __dmul_rn(sqrt(n1), sqrt(n2));
+          value = norms > 0.0 ? __ddiv_rn(dot, norms) : 0.0;
+        }
+        cosines[l * kMaxGroups + (c0 - begin) / f + slot] = value;
+      }
+      slot -= static_cast<int>(groups);
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    double sims[kNumPooledLevels];
+    for (int l = 0; l < kNumPooledLevels; ++l) {
+      const int64_t f = int64_t{2} << l;
+      const int64_t groups = detail::ceil_div(end - begin, f);
+      double sum = 0.0;
+      for (int64_t g = 0; g < groups; ++g) sum = __dadd_rn(sum, cosines[l * kMaxGroups + g]);
+      sims[l] = __ddiv_rn(sum, static_cast<double>(groups));
+    }
+    cap[index] = static_cast<uint8_t>(detail::similarity_cap_level(sims, k.thresholds));
+  }
 }
 
 // One CTA per row (b, h, I). Dynamic shared memory: sort keys (sort_slots(Nk) x u64), cumulative
@@ -484,11 +558,13 @@ template <typename T>
 Status launch_similarity_cap(uint8_t* cap, const TensorView& k, const Config& config,
                              cudaStream_t stream) {
   const int64_t num_k_blocks = detail::ceil_div(k.shape[2], config.block_n);
-  const int64_t total = k.shape[0] * k.shape[1] * num_k_blocks;
-  const int64_t grid = detail::ceil_div(total, kCapThreads / kWarpSize);
+  const int64_t grid = k.shape[0] * k.shape[1] * num_k_blocks;
   if (grid > kMaxGridX) return unsupported("similarity cap: too many key blocks for one launch");
-  similarity_cap_kernel<T><<<static_cast<unsigned>(grid), kCapThreads, 0, stream>>>(
-      cap, key_view(k, config), total, k.shape[1], num_k_blocks, config.block_n);
+  const size_t smem = cap_smem_bytes<T>(config.block_n, k.shape[3]);
+  PSA_RETURN_IF_ERROR(prepare_shared_memory(similarity_cap_kernel<T>, smem, "similarity cap",
+                                            num_k_blocks));
+  similarity_cap_kernel<T><<<static_cast<unsigned>(grid), kCapThreads, smem, stream>>>(
+      cap, key_view(k, config), k.shape[1], num_k_blocks, config.block_n);
   return check_launch("similarity_cap_kernel");
 }
 
