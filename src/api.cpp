@@ -60,6 +60,11 @@ Status check_cuda_device(const TensorView& t) {
   cuda::KernelPath path;
   return cuda_path(t, &path);
 }
+std::string backward_unsupported_reason(int device_index) {
+  return "attention_backward on CUDA runs on compute capability 9.0 (Hopper) only; " +
+         cuda::describe_device(device_index) + " runs the forward alone" +
+         (cuda::portable_forced() ? " (PSA_FORCE_PORTABLE=1 is set)" : "");
+}
 #endif
 
 // An input read with any strides: the shape, dtype and device of `like`.
@@ -175,6 +180,25 @@ bool cuda_device_usable(std::string* reason) {
 #if defined(PSA_WITH_CUDA)
   return cuda::device_usable(reason);
 #else
+  if (reason) *reason = "psa was built without the CUDA backend";
+  return false;
+#endif
+}
+
+bool cuda_backward_usable(int device_index, std::string* reason) {
+#if defined(PSA_WITH_CUDA)
+  std::string why;
+  cuda::KernelPath path = cuda::KernelPath::kPortable;
+  const Status status = cuda::kernel_path(device_index, &path);
+  if (!status.ok()) {
+    why = status.message();
+  } else if (path != cuda::KernelPath::kHopper) {
+    why = backward_unsupported_reason(device_index);
+  }
+  if (reason) *reason = why;
+  return why.empty();
+#else
+  (void)device_index;
   if (reason) *reason = "psa was built without the CUDA backend";
   return false;
 #endif
@@ -454,9 +478,7 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
   cuda::KernelPath path;
   PSA_RETURN_IF_ERROR(cuda_path(q, &path));
   if (path != cuda::KernelPath::kHopper) {
-    return unsupported("attention_backward on CUDA runs on compute capability 9.0 (Hopper) only; " +
-                       cuda::describe_device(q.device_index) + " runs the forward alone" +
-                       (cuda::portable_forced() ? " (PSA_FORCE_PORTABLE=1 is set)" : ""));
+    return unsupported(backward_unsupported_reason(q.device_index));
   }
   return run_backend("attention_backward", [&] {
     return cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, plan, config, workspace,
