@@ -259,7 +259,9 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocks)
       // whose stage the next copies overwrite.
       cp_async_wait<kStages - 2>();
       __syncthreads();
-      {
+      // Tile + kStages - 1 into the stage of tile - 1, issued after this tile's S = Q K^T so that
+      // the wait for the plan entries its gather addresses need overlaps the tensor-core work.
+      auto load_next = [&] {
         const int next = tile + kStages - 1;
         const int next_stage = next % kStages;
         if (next < num_tiles) {
@@ -270,7 +272,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocks)
                             max_last_smem + next_stage * kWarps);
         }
         cp_async_commit();
-      }
+      };
 
       int32_t tile_min_last = kNoUnit, tile_max_last = kNoLast;
 #pragma unroll
@@ -281,6 +283,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocks)
       row_first_last = min(row_first_last, tile_min_last);
       // Uniform over the CTA: no column exists, or (causal) none is visible to the last query.
       if (tile_min_last == kNoUnit || (params.causal && tile_min_last > q_last + causal_shift)) {
+        load_next();
         continue;
       }
       const unsigned char* k_tile = ring + stage * Traits::kStageBytes;
@@ -307,6 +310,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocks)
           mma_16816<Element>(acc_s[2 * np + 1], q_frag[kk], b[2], b[3]);
         }
       }
+      load_next();
 
       // Base-2 logits with the column bias; the causal test only on tiles that cross the first
       // query's horizon.
