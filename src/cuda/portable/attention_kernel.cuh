@@ -115,12 +115,10 @@ __device__ __forceinline__ void load_tile(const AttentionParams& params,
     const uint32_t offset = swizzled<Traits::kRowBytes>(row, chunk);
     const char* k_src = views.k_base[0];
     const char* v_src = views.v_base[0];
-    float row_bias = kNegInf;
     int32_t row_last = 0;
     if (valid) {
       k_src = views.k_base[level] + p * views.k_row_bytes[level] + chunk * 16;
       v_src = views.v_base[level] + p * views.v_row_bytes[level] + chunk * 16;
-      row_bias = log2f(static_cast<float>(psa::detail::pooled_count(params.seq_k, 1 << level, p)));
       row_last =
           static_cast<int32_t>(psa::detail::pooled_last_token(params.seq_k, 1 << level, p));
       min_last = min(min_last, row_last);
@@ -129,7 +127,12 @@ __device__ __forceinline__ void load_tile(const AttentionParams& params,
     cp_async_16(k_dst + offset, k_src, valid ? 16 : 0);
     cp_async_16(v_dst + offset, v_src, valid ? 16 : 0);
     if (chunk == 0) {
-      bias[row] = row_bias;
+      // log2(c_p): the level itself for a full group (log2f of a power of two is exact), log2f
+      // only for the ragged last pooled token.
+      const int64_t count = psa::detail::pooled_count(params.seq_k, 1 << level, p);
+      bias[row] = !valid                 ? kNegInf
+                  : count == (1 << level) ? static_cast<float>(level)
+                                          : log2f(static_cast<float>(count));
       last[row] = row_last;
     }
   }
