@@ -14,7 +14,7 @@
 # architectures plus sm_90 code of the portable kernels, so that a Hopper card runs them without
 # JIT-compiling the compute_80 PTX; a default build works too, after a one-time JIT).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/psa_portable_check}
 mkdir -p "$OUT"
 summary=()
