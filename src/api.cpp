@@ -57,7 +57,7 @@ Status cuda_path(const TensorView& t, cuda::KernelPath* path) {
   return cuda::kernel_path(t.device_index, path);
 }
 Status check_cuda_device(const TensorView& t) {
-  cuda::KernelPath path;
+  cuda::KernelPath path = cuda::KernelPath::kHopper;
   return cuda_path(t, &path);
 }
 std::string backward_unsupported_reason(int device_index) {
@@ -278,7 +278,7 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
                        [&] { return cpu::estimate_importance(scores, q, k, config); });
   }
 #if defined(PSA_WITH_CUDA)
-  cuda::KernelPath path;
+  cuda::KernelPath path = cuda::KernelPath::kHopper;
   PSA_RETURN_IF_ERROR(cuda_path(q, &path));
   return run_backend("estimate_importance", [&] {
     return path == cuda::KernelPath::kHopper
@@ -475,7 +475,7 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
   if (!cuda::attention_supported(q.dtype, s.head_dim, plan.block_m, plan.block_n, &reason)) {
     return unsupported("attention_backward on CUDA: " + reason);
   }
-  cuda::KernelPath path;
+  cuda::KernelPath path = cuda::KernelPath::kHopper;
   PSA_RETURN_IF_ERROR(cuda_path(q, &path));
   if (path != cuda::KernelPath::kHopper) {
     return unsupported(backward_unsupported_reason(q.device_index));
