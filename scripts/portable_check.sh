@@ -3,8 +3,8 @@
 # checked on a Hopper GPU in one device call: the CUDA tests on the Hopper path and, with
 # PSA_FORCE_PORTABLE=1, on the portable path; compute-sanitizer memcheck and racecheck on the small
 # portable cases; the portable attention kernel against cuDNN at density 0.15 on the three
-# WORKLOADS.md shapes (bench/bench.py). A table prints last. Logs go to $OUT (default
-# /tmp/psa_portable_check).
+# WORKLOADS.md shapes (bench/bench.py). A table prints last. Logs (at most 8 files) go to $OUT
+# (default /tmp/psa_portable_check). About 5 minutes on an H200 with prebuilt binaries.
 #
 #   scripts/portable_check.sh [BIN_DIR]
 #
@@ -29,9 +29,9 @@ else
   archs=${PSA_CHECK_ARCHS:-"80-real;86-real;89-real;90-real;90a-real;80-virtual"}
   start=$(date +%s)
   cmake -S . -B build/portable -G Ninja -DCMAKE_BUILD_TYPE=Release -DPSA_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES="$archs" -DPSA_BUILD_TOOLS=OFF > "$OUT/configure.log" 2>&1 &&
+    -DCMAKE_CUDA_ARCHITECTURES="$archs" -DPSA_BUILD_TOOLS=OFF > "$OUT/build.log" 2>&1 &&
     cmake --build build/portable -j "$(nproc)" --target psa_cuda_tests psa_bench \
-      > "$OUT/build.log" 2>&1
+      >> "$OUT/build.log" 2>&1
   note "build ($archs): rc=$? in $(( $(date +%s) - start )) s"
   grep -E "error|warning" "$OUT/build.log" | head -20
   tests=build/portable/tests/psa_cuda_tests
@@ -60,7 +60,7 @@ filter='Sweep/CudaAttentionTest.*:CudaAttention.*:Cases/CudaAttentionNonFinite.*
 filter+='-Cases/AuxEstimator.MatchesCpu/two_pass*'
 for tool in memcheck racecheck; do
   start=$(date +%s)
-  PSA_FORCE_PORTABLE=1 timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+  PSA_FORCE_PORTABLE=1 timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 3 \
     "$tests" --gtest_filter="$filter" > "$OUT/sanitizer_$tool.log" 2>&1
   note "compute-sanitizer $tool (portable): rc=$? in $(( $(date +%s) - start )) s $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1) ($(grep -c '^\[       OK' "$OUT/sanitizer_$tool.log") tests)"
 done
