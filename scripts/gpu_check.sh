@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU verification in one call on a machine with an NVIDIA GPU (sm_90): builds with CUDA, runs the
+# GPU verification in one call on a machine with an NVIDIA GPU (Hopper): builds with CUDA, runs the
 # CUDA tests, compute-sanitizer on small cases, `psa run --device cuda`, the Python GPU tests and the
 # benchmark. Stages can be chosen: scripts/gpu_check.sh [build] [test] [sanitize] [run] [python]
 # [bench] (default: all). Logs go to $OUT (default /tmp/psa_gpu_check); a summary prints last.
@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 if want build; then
   start=$(date +%s)
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPSA_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90a "${prefix_args[@]}" > "$OUT/configure.log" 2>&1 &&
+    "${prefix_args[@]}" > "$OUT/configure.log" 2>&1 &&
     cmake --build "$BUILD" -j "$(nproc)" > "$OUT/build.log" 2>&1
   note "build: rc=$? in $(( $(date +%s) - start )) s"
   grep -E "error|warning" "$OUT/build.log" | head -20
@@ -67,7 +67,6 @@ if want python; then
   fi
   start=$(date +%s)
   CMAKE_ARGS="${prefix_args[*]}" python3 -m pip install -q --no-build-isolation --no-deps \
-    -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90a \
     ${PSA_DEPS:+-Ccmake.define.CMAKE_PREFIX_PATH=$PSA_DEPS} . > "$OUT/pip.log" 2>&1
   note "pip install .: rc=$? in $(( $(date +%s) - start )) s"
   tail -5 "$OUT/pip.log"

@@ -15,6 +15,8 @@
 #include "psa/rearrange.h"
 #if defined(PSA_WITH_CUDA)
 #include "cuda/cuda_backend.h"
+#include "cuda/kernel_path.h"
+#include "cuda/portable/portable_backend.h"
 #endif
 
 namespace psa {
@@ -48,6 +50,23 @@ Status run_backend(const char* what, Fn&& fn) {
     return Status(StatusCode::kInternal, std::string(what) + ": unexpected exception: " + e.what());
   }
 }
+
+#if defined(PSA_WITH_CUDA)
+// The kernels of the device `t` lives on (cuda/kernel_path.h): an error naming the card when it
+// is older than compute capability 8.0.
+Status cuda_path(const TensorView& t, cuda::KernelPath* path) {
+  return cuda::kernel_path(t.device_index, path);
+}
+Status check_cuda_device(const TensorView& t) {
+  cuda::KernelPath path = cuda::KernelPath::kHopper;
+  return cuda_path(t, &path);
+}
+std::string backward_unsupported_reason(int device_index) {
+  return "attention_backward on CUDA runs on compute capability 9.0 (Hopper) only; " +
+         cuda::describe_device(device_index) + " runs the forward alone" +
+         (cuda::portable_forced() ? " (PSA_FORCE_PORTABLE=1 is set)" : "");
+}
+#endif
 
 // An input read with any strides: the shape, dtype and device of `like`.
 Status check_input_like(const TensorView& t, const char* name, const TensorView& like,
@@ -217,6 +236,25 @@ bool cuda_device_usable(std::string* reason) {
 #endif
 }
 
+bool cuda_backward_usable(int device_index, std::string* reason) {
+#if defined(PSA_WITH_CUDA)
+  std::string why;
+  cuda::KernelPath path = cuda::KernelPath::kPortable;
+  const Status status = cuda::kernel_path(device_index, &path);
+  if (!status.ok()) {
+    why = status.message();
+  } else if (path != cuda::KernelPath::kHopper) {
+    why = backward_unsupported_reason(device_index);
+  }
+  if (reason) *reason = why;
+  return why.empty();
+#else
+  (void)device_index;
+  if (reason) *reason = "psa was built without the CUDA backend";
+  return false;
+#endif
+}
+
 bool cuda_attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
                               std::string* reason) {
 #if defined(PSA_WITH_CUDA)
@@ -270,6 +308,7 @@ Status build_pyramid(PyramidView pyramid, const TensorView& k, const TensorView&
     return run_backend("build_pyramid", [&] { return cpu::build_pyramid(pyramid, k, v); });
   }
 #if defined(PSA_WITH_CUDA)
+  PSA_RETURN_IF_ERROR(check_cuda_device(k));
   return run_backend("build_pyramid", [&] { return cuda::build_pyramid(pyramid, k, v, stream); });
 #else
   (void)stream;
@@ -292,8 +331,13 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
                        [&] { return cpu::estimate_importance(scores, q, k, config); });
   }
 #if defined(PSA_WITH_CUDA)
-  return run_backend("estimate_importance",
-                     [&] { return cuda::estimate_importance(scores, q, k, config, stream); });
+  cuda::KernelPath path = cuda::KernelPath::kHopper;
+  PSA_RETURN_IF_ERROR(cuda_path(q, &path));
+  return run_backend("estimate_importance", [&] {
+    return path == cuda::KernelPath::kHopper
+               ? cuda::estimate_importance(scores, q, k, config, stream)
+               : cuda::portable::estimate_importance(scores, q, k, config, stream);
+  });
 #else
   (void)stream;
   return not_built("estimate_importance");
@@ -340,6 +384,7 @@ Status plan_from_scores(PlanView plan, const TensorView& scores, const TensorVie
                             " bytes on CUDA (plan_workspace_bytes), got " +
                             std::to_string(workspace_bytes));
   }
+  PSA_RETURN_IF_ERROR(check_cuda_device(plan.counts));
   return run_backend("plan_from_scores", [&] {
     return cuda::plan_from_scores(plan, scores, k, config, workspace, workspace_bytes, stream);
   });
@@ -367,6 +412,7 @@ Status plan_from_levels(PlanView plan, const TensorView& levels, const TensorVie
                        [&] { return cpu::plan_from_levels(plan, levels, k, config); });
   }
 #if defined(PSA_WITH_CUDA)
+  PSA_RETURN_IF_ERROR(check_cuda_device(plan.counts));
   return run_backend("plan_from_levels",
                      [&] { return cuda::plan_from_levels(plan, levels, k, config, stream); });
 #else
@@ -387,6 +433,7 @@ Status plan_to_levels(TensorView levels, const PlanView& plan, Stream stream) {
     return run_backend("plan_to_levels", [&] { return cpu::plan_to_levels(levels, plan); });
   }
 #if defined(PSA_WITH_CUDA)
+  PSA_RETURN_IF_ERROR(check_cuda_device(plan.counts));
   return run_backend("plan_to_levels", [&] { return cuda::plan_to_levels(levels, plan, stream); });
 #else
   (void)stream;
@@ -501,6 +548,11 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
   if (!cuda::attention_supported(q.dtype, s.head_dim, plan.block_m, plan.block_n, &reason)) {
     return unsupported("attention_backward on CUDA: " + reason);
   }
+  cuda::KernelPath path = cuda::KernelPath::kHopper;
+  PSA_RETURN_IF_ERROR(cuda_path(q, &path));
+  if (path != cuda::KernelPath::kHopper) {
+    return unsupported(backward_unsupported_reason(q.device_index));
+  }
   return run_backend("attention_backward", [&] {
     return cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, plan, config, workspace,
                                     workspace_bytes, stream);
@@ -588,6 +640,7 @@ Status permute_tokens(TensorView out, const TensorView& in, const int64_t* perm,
     return run_backend("permute_tokens", [&] { return cpu::permute_tokens(out, in, perm); });
   }
 #if defined(PSA_WITH_CUDA)
+  PSA_RETURN_IF_ERROR(check_cuda_device(in));
   return run_backend("permute_tokens",
                      [&] { return cuda::permute_tokens(out, in, perm, stream); });
 #else

@@ -97,9 +97,13 @@ Status dense_attention_backward(TensorView dq, TensorView dk, TensorView dv, con
 // Whether this build has the CUDA backend (compiled with nvcc). It says nothing about the machine.
 bool cuda_backend_built();
 // Whether the CUDA backend can run now: it is built, and a device it has kernels for is present
-// (compute capability 9.0, Hopper: the kernels are built for sm_90a). `reason` (may be null) says
-// why not.
+// (compute capability 8.0 or newer: the Hopper kernels on 9.0, the portable ones on 8.x and newer
+// architectures). `reason` (may be null) says why not.
 bool cuda_device_usable(std::string* reason);
+// Whether attention_backward runs on CUDA device `device_index`: it takes the Hopper kernels
+// (compute capability 9.0, PSA_FORCE_PORTABLE unset); the portable path has the forward only.
+// `reason` (may be null) says why not.
+bool cuda_backward_usable(int device_index, std::string* reason);
 // Whether the CUDA attention kernel supports this problem; `reason` (may be null) says why not.
 bool cuda_attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
                               std::string* reason);

@@ -31,6 +31,7 @@ __all__ = [
     "Preset",
     "attention",
     "cuda_available",
+    "cuda_backward_available",
     "cuda_built",
     "default_config",
     "dense_attention",
@@ -49,9 +50,18 @@ def cuda_built() -> bool:
 
 def cuda_available() -> bool:
     """Whether psa can run on CUDA tensors now: it was built with the CUDA backend and a device
-    its kernels run on (compute capability 9.0, Hopper) is present. Earlier builds returned what
-    cuda_built() returns, which is True on a machine without a GPU."""
+    its kernels run on (compute capability 8.0 or newer) is present. The forward runs on every
+    such device; the backward (training) on compute capability 9.0 (Hopper) only, see
+    cuda_backward_available(). Earlier builds returned what cuda_built() returns, which is True
+    on a machine without a GPU."""
     return bool(_C.cuda_device_usable()[0])
+
+
+def cuda_backward_available(device_index: int = 0) -> bool:
+    """Whether psa's attention backward (training) runs on CUDA device `device_index`: it needs
+    compute capability 9.0 (Hopper) and PSA_FORCE_PORTABLE unset. Ampere and Ada cards (8.x) run
+    the forward only; their backward raises NotImplementedError naming the card."""
+    return bool(_C.cuda_backward_usable(device_index)[0])
 
 
 def __getattr__(name):

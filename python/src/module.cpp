@@ -453,6 +453,15 @@ void bind_ops(nb::module_& m) {
     const bool usable = cuda_device_usable(&reason);
     return std::make_tuple(usable, reason);
   });
+  // (usable, reason): whether attention_backward runs on CUDA device `device_index`.
+  m.def(
+      "cuda_backward_usable",
+      [](int device_index) {
+        std::string reason;
+        const bool usable = cuda_backward_usable(device_index, &reason);
+        return std::make_tuple(usable, reason);
+      },
+      nb::arg("device_index") = 0);
   m.def(
       "cuda_attention_supported",
       [](const std::string& dtype, int64_t head_dim, int block_m, int block_n) {

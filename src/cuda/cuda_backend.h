@@ -1,6 +1,9 @@
-// The CUDA backend (sm_90). Host-side launchers: they assume arguments checked by the public API
+// The CUDA backend. Host-side launchers: they assume arguments checked by the public API
 // (src/api.cpp), enqueue on `stream`, check every launch, and never synchronise the device.
-// Compiled only when nvcc is present (PSA_WITH_CUDA).
+// Compiled only when nvcc is present (PSA_WITH_CUDA). The estimator and the backward here are the
+// Hopper (sm_90a) kernels, the estimator's portable twin is in portable/portable_backend.h; the
+// attention forward picks its kernels by the device (cuda/kernel_path.h); the rest runs on every
+// architecture.
 #pragma once
 
 #include <string>
@@ -37,7 +40,7 @@ Status attention_backward(TensorView dq, TensorView dk, TensorView dv, const Ten
 
 bool attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n,
                          std::string* reason);
-// A device of the compute capability the kernels are built for (9.0) is present.
+// A device psa's kernels run on (compute capability 8.0 or newer) is present.
 bool device_usable(std::string* reason);
 
 Status permute_tokens(TensorView out, const TensorView& in, const int64_t* perm, Stream stream);

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -22,6 +23,7 @@
 #include "cuda/cuda_test_util.h"
 #include "cuda/plan_cases.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/kernel_path.h"
 #include "psa/psa.h"
 
 namespace psa::test {
@@ -397,11 +399,12 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(info.param.name);
     });
 
-// "Usable" means a device of compute capability 9.0 is present (the kernels are sm_90a); runs (and
-// passes) on a machine without a GPU too, where it must say no and why.
-TEST(CudaAttention, DeviceUsableMeansAHopperDeviceIsPresent) {
+// "Usable" means a device of compute capability 8.0 or newer is present (the portable kernels run
+// there, the Hopper ones on 9.0); runs (and passes) on a machine without a GPU too, where it must
+// say no and why.
+TEST(CudaAttention, DeviceUsableMeansAnAmpereOrNewerDeviceIsPresent) {
   int count = 0;
-  bool hopper = false;
+  bool usable = false;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {
     count = 0;
     (void)cudaGetLastError();
@@ -409,12 +412,30 @@ TEST(CudaAttention, DeviceUsableMeansAHopperDeviceIsPresent) {
   for (int device = 0; device < count; ++device) {
     cudaDeviceProp prop{};
     PSA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    hopper = hopper || (prop.major == 9 && prop.minor == 0);
+    usable = usable || prop.major >= 8;
   }
   std::string reason;
-  EXPECT_EQ(cuda_device_usable(&reason), hopper) << reason;
-  EXPECT_EQ(reason.empty(), hopper) << reason;
+  EXPECT_EQ(cuda_device_usable(&reason), usable) << reason;
+  EXPECT_EQ(reason.empty(), usable) << reason;
+  if (!usable && count > 0) EXPECT_NE(reason.find("8.0"), std::string::npos) << reason;
   EXPECT_TRUE(cuda_backend_built());
+}
+
+// Compute capability 9.0 takes the Hopper kernels unless PSA_FORCE_PORTABLE=1; every other usable
+// device the portable ones (cuda/kernel_path.h).
+TEST(CudaAttention, KernelPathFollowsTheComputeCapability) {
+  PSA_SKIP_WITHOUT_GPU();
+  cudaDeviceProp prop{};
+  PSA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const char* env = std::getenv("PSA_FORCE_PORTABLE");
+  const bool forced = env != nullptr && std::string(env) == "1";
+  EXPECT_EQ(cuda::portable_forced(), forced);
+  cuda::KernelPath path = cuda::KernelPath::kHopper;
+  const Status s = cuda::kernel_path(0, &path);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  const bool hopper = prop.major == 9 && prop.minor == 0 && !forced;
+  EXPECT_EQ(path, hopper ? cuda::KernelPath::kHopper : cuda::KernelPath::kPortable)
+      << prop.name << " (" << prop.major << "." << prop.minor << ")";
 }
 
 TEST(CudaAttention, UnsupportedCombinationsNameWhatIsSupported) {

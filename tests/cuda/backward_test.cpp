@@ -191,6 +191,7 @@ class CudaBackwardTest : public ::testing::TestWithParam<BackwardCase> {};
 
 TEST_P(CudaBackwardTest, MatchesCpuReference) {
   PSA_SKIP_WITHOUT_GPU();
+  PSA_SKIP_WITHOUT_HOPPER_PATH();
   const BackwardCase& c = GetParam();
   const uint64_t seed = test_seed(0xbac0000u + static_cast<uint64_t>(c.seq_q * 131 + c.seq_k));
   const Qkv qkv = random_qkv(c.batch, c.heads_q, c.heads_kv, c.seq_q, c.seq_k, c.head_dim, c.dtype,
@@ -264,6 +265,7 @@ INSTANTIATE_TEST_SUITE_P(Sweep, CudaBackwardTest, ::testing::ValuesIn(kCases),
 // rows it does not touch stay finite.
 TEST(CudaBackward, NonFiniteQueryPropagates) {
   PSA_SKIP_WITHOUT_GPU();
+  PSA_SKIP_WITHOUT_HOPPER_PATH();
   const BackwardCase c = {"NaN", 1, 2, 1, 256, 256, 64, DType::kBFloat16, 128, 64, false,
                           PlanKind::kAllFull, false};
   const uint64_t seed = test_seed(4242);
@@ -291,6 +293,7 @@ TEST(CudaBackward, NonFiniteQueryPropagates) {
 
 TEST(CudaBackward, WorkspaceTooSmallIsAnError) {
   PSA_SKIP_WITHOUT_GPU();
+  PSA_SKIP_WITHOUT_HOPPER_PATH();
   const BackwardCase c = {"Small", 1, 2, 1, 128, 128, 64, DType::kBFloat16, 128, 64, false,
                           PlanKind::kMixed, false};
   const uint64_t seed = test_seed(99);
@@ -311,6 +314,32 @@ TEST(CudaBackward, WorkspaceTooSmallIsAnError) {
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
   EXPECT_NE(s.message().find("attention_backward_workspace_bytes"), std::string::npos)
       << s.to_string();
+}
+
+// On the portable path (compute capability 8.x, or PSA_FORCE_PORTABLE=1 on a Hopper card) the
+// backward is refused with a status that says where it runs, never launched.
+TEST(CudaBackward, PortablePathRefusesTheBackward) {
+  PSA_SKIP_WITHOUT_GPU();
+  if (hopper_path()) GTEST_SKIP() << "this device runs the Hopper backward";
+  const BackwardCase c = {"Portable", 1, 2, 1, 128, 128, 64, DType::kBFloat16, 128, 64, false,
+                          PlanKind::kMixed, false};
+  const uint64_t seed = test_seed(98);
+  const Qkv qkv = random_qkv(c.batch, c.heads_q, c.heads_kv, c.seq_q, c.seq_k, c.head_dim,
+                             c.dtype, seed);
+  HostTensor dout(c.dtype, qkv.q.shape());
+  fill_normal(dout, seed);
+  const Config config = case_config(c);
+  const HostPlan plan = plan_from_level_map(make_level_map(c, seed + 1), c);
+  HostPyramid pyramid = make_host_pyramid(c.batch, c.heads_kv, c.seq_k, c.head_dim, c.dtype);
+  ASSERT_TRUE(build_pyramid(pyramid.view(), qkv.k.view(), qkv.v.view()).ok());
+  GpuRun run = gpu_setup(c, qkv, dout, pyramid, plan, config);
+  DeviceTensor dq(c.dtype, qkv.q.shape()), dk(c.dtype, qkv.k.shape()), dv(c.dtype, qkv.k.shape());
+  const Status s = attention_backward(dq.view(), dk.view(), dv.view(), run.dout, run.q.view,
+                                      run.k.view, run.v.view, run.out.view, run.lse.view(),
+                                      run.plan.view(), config, run.workspace.data(),
+                                      run.workspace_bytes);
+  EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.to_string();
+  EXPECT_NE(s.message().find("compute capability 9.0"), std::string::npos) << s.to_string();
 }
 
 }  // namespace

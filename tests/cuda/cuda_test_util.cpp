@@ -2,11 +2,15 @@
 
 #include <utility>
 
+#include "cuda/kernel_path.h"
+
 namespace psa::test {
 
-bool gpu_available() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+bool gpu_available() { return cuda_device_usable(nullptr); }
+
+bool hopper_path() {
+  cuda::KernelPath path = cuda::KernelPath::kPortable;
+  return gpu_available() && cuda::kernel_path(0, &path).ok() && path == cuda::KernelPath::kHopper;
 }
 
 namespace {

@@ -10,13 +10,26 @@
 
 namespace psa::test {
 
-// True when a CUDA device is usable; tests call PSA_SKIP_WITHOUT_GPU() first.
+// True when a CUDA device psa runs on (compute capability 8.0 or newer) is present; tests call
+// PSA_SKIP_WITHOUT_GPU() first.
 bool gpu_available();
-#define PSA_SKIP_WITHOUT_GPU()                                                               \
-  do {                                                                                       \
-    if (!::psa::test::gpu_available()) {                                                     \
-      GTEST_SKIP() << "no usable CUDA device here; the CUDA tests run on a GPU machine";    \
-    }                                                                                        \
+#define PSA_SKIP_WITHOUT_GPU()                                                                   \
+  do {                                                                                           \
+    if (!::psa::test::gpu_available()) {                                                         \
+      GTEST_SKIP() << "no CUDA device of compute capability 8.0 or newer here; these run on a " \
+                      "GPU machine";                                                             \
+    }                                                                                            \
+  } while (0)
+
+// True when device 0 runs the Hopper kernels: compute capability 9.0 and PSA_FORCE_PORTABLE=1
+// not set (cuda/kernel_path.h). The CUDA backward exists only there.
+bool hopper_path();
+#define PSA_SKIP_WITHOUT_HOPPER_PATH()                                                           \
+  do {                                                                                           \
+    if (!::psa::test::hopper_path()) {                                                           \
+      GTEST_SKIP() << "the CUDA backward runs on the Hopper path only (compute capability 9.0, " \
+                      "PSA_FORCE_PORTABLE unset); this device runs the portable forward";        \
+    }                                                                                            \
   } while (0)
 
 #define PSA_CUDA_CHECK(expr) ASSERT_EQ((expr), cudaSuccess) << cudaGetErrorString(expr)

@@ -25,7 +25,7 @@ def poison_op_outputs(monkeypatch):
 
 
 def pytest_collection_modifyitems(items):
-    # Tests skipped without a GPU (helpers.needs_cuda) also carry the `gpu` marker, so that
+    # Tests skipped without a GPU (helpers.needs_cuda, needs_cuda_backward) also carry the `gpu` marker, so that
     # `pytest -m gpu tests/python` runs exactly them on the GPU machine.
     for item in items:
         for mark in item.iter_markers("skipif"):

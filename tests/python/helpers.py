@@ -91,3 +91,8 @@ needs_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and psa.cuda_available()),
     reason="needs a CUDA device and a psa build with the CUDA backend; these run on a GPU machine "
            "(pytest -m gpu tests/python)")
+# The CUDA backward runs on compute capability 9.0 (Hopper) only.
+needs_cuda_backward = pytest.mark.skipif(
+    not (torch.cuda.is_available() and psa.cuda_available() and psa.cuda_backward_available()),
+    reason="needs a CUDA device of compute capability 9.0 (Hopper, PSA_FORCE_PORTABLE unset) and a "
+           "psa build with the CUDA backend: the CUDA backward runs there only")

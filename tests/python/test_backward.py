@@ -13,8 +13,8 @@ import dataclasses
 import pytest
 
 import reference
-from helpers import (generator, needs_cuda, psa, random_qkv, rel_l2, replay_hint, seed_from_env,
-                     torch)
+from helpers import (generator, needs_cuda_backward, psa, random_qkv, rel_l2, replay_hint,
+                     seed_from_env, torch)
 
 # fp32 CPU backward against float64 autograd: sums over a few hundred units per row and over Lq
 # rows per key; 1e-4 relative keeps a margin of ~100x over what we observe (as test_ops.py).
@@ -220,14 +220,14 @@ def _check_cuda_against_cpu(case, dtype, seed, request):
     _check_empty_rows(case, levels, gpu[0], seed, request)
 
 
-@needs_cuda
+@needs_cuda_backward
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("case", BLOCK_CASES, ids=lambda c: c.name)
 def test_cuda_backward_block_sizes(case, dtype, request):
     _check_cuda_against_cpu(case, dtype, seed_from_env(63000 + BLOCK_CASES.index(case)), request)
 
 
-@needs_cuda
+@needs_cuda_backward
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("case", SPECIAL_CASES, ids=lambda c: c.name)
 def test_cuda_backward_special_cases(case, dtype, request):
@@ -235,7 +235,7 @@ def test_cuda_backward_special_cases(case, dtype, request):
                             request)
 
 
-@needs_cuda
+@needs_cuda_backward
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_cuda_backward_is_bitwise_reproducible(causal, request):
     """deterministic=True (the default): the same inputs give bitwise the same gradients, on a
@@ -261,7 +261,7 @@ def test_cuda_backward_is_bitwise_reproducible(causal, request):
         assert rel_l2(b, a) < 2 ** -8, f"{name}: " + replay_hint(seed, request)
 
 
-@needs_cuda
+@needs_cuda_backward
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "fast"])
 def test_cuda_opcheck_with_backward(causal, deterministic):
@@ -334,7 +334,7 @@ def _compile_case(device):
     return "inductor", torch.bfloat16, lambda a, b: rel_l2(a, b) < 2e-2
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda_backward)])
 def test_compile_fullgraph_training_step(device, request):
     """Forward, loss, backward and an SGD update in one torch.compile(fullgraph=True) region."""
     if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
@@ -358,7 +358,7 @@ def test_compile_fullgraph_training_step(device, request):
         assert close(b.detach(), a.detach()), f"{name}: " + replay_hint(seed, request)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda_backward)])
 def test_compile_training_step_regions(device, request):
     """The form every torch version supports: forward + loss compiled with fullgraph=True (its
     backward graph, with PSA's backward op in it, is compiled by AOTAutograd and runs in
@@ -393,7 +393,7 @@ def test_compile_training_step_regions(device, request):
 
 
 @pytest.mark.parametrize("use_reentrant", [False, True], ids=["non_reentrant", "reentrant"])
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda_backward)])
 def test_checkpoint_gives_the_same_gradients(device, use_reentrant, request):
     """A block that calls psa under torch.utils.checkpoint recomputes the same plan and forward
     in the backward pass, so its gradients are bitwise those of the block run without it

@@ -3,8 +3,8 @@
 import pytest
 
 import reference
-from helpers import (generator, needs_cuda, psa, random_qkv, rel_l2, replay_hint, seed_from_env,
-                     torch)
+from helpers import (generator, needs_cuda, needs_cuda_backward, psa, random_qkv, rel_l2,
+                     replay_hint, seed_from_env, torch)
 
 # fp32 forward and backward against float64 autograd: the backward sums over a few hundred units
 # per row and over Lq rows per key; 1e-4 relative keeps a margin of ~100x over what we observe.
@@ -145,7 +145,7 @@ def test_cuda_plan_matches_cpu(request):
     assert torch.equal(cpu.levels, gpu.levels.cpu()), replay_hint(seed, request)
 
 
-@needs_cuda
+@needs_cuda_backward
 def test_cuda_opcheck_and_compile(request):
     seed = seed_from_env(33000)
     q, k, v, plan = _opcheck_args(seed, device="cuda", dtype=torch.bfloat16, dim=64)

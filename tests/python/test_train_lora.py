@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from helpers import needs_cuda, torch
+from helpers import needs_cuda_backward, torch
 
 diffusers = pytest.importorskip("diffusers", reason="the example needs diffusers")
 pytest.importorskip("peft", reason="the example needs peft")
@@ -91,7 +91,7 @@ def test_bad_clip_names_the_file(tmp_path):
         module.FolderClips(str(tmp_path))[0]
 
 
-@needs_cuda
+@needs_cuda_backward
 def test_tiny_cuda_run_lowers_the_loss():
     """bf16 on the GPU: PSA's CUDA forward and backward in the loop."""
     lines = _run("--tiny", "--device", "cuda", "--steps", "30")

@@ -4,7 +4,7 @@ PSA and its backward, and each model keeps its own config."""
 
 import pytest
 
-from helpers import needs_cuda, psa, rel_l2, seed_from_env, torch
+from helpers import needs_cuda, needs_cuda_backward, psa, rel_l2, seed_from_env, torch
 
 transformers = pytest.importorskip("transformers", reason="needs transformers")
 integration = pytest.importorskip("psa.integrations.transformers")
@@ -234,7 +234,7 @@ def test_full_plan_prefill_matches_sdpa_cuda_bf16(request):
     assert rel_l2(patched.float(), reference.float()) < 2e-2, request.node.nodeid
 
 
-@needs_cuda
+@needs_cuda_backward
 def test_training_bf16_cuda_matches_sdpa_accuracy(request):
     """bf16 fine-tuning on CUDA: with an all-full plan, PSA's gradients are as close to the fp32
     CPU model's as SDPA's are (within 3x: both round activations to bf16 everywhere else, and a

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cuda/attention/attention_params.h"
+#include "cuda/attention/plan_rows.cuh"
 
 // wgmma and setmaxnreg exist only on the arch-specific Hopper target.
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -582,27 +583,6 @@ struct Wgmma<__half, 128> {
   }
 };
 }  // namespace detail_attention
-
-// The clamped layout of plan row `plan_row`: region starts R_1, R_2, R_4, R_8 and end of the
-// virtual key sequence, and where each level's blocks start in the row's list. Untrusted counts
-// are clamped cumulatively to the Nk entries of the list (a negative count is 0). Params is
-// AttentionParams or BackwardParams (counts, num_k_blocks and block_n).
-template <typename Params>
-__device__ __forceinline__ void row_layout(const Params& params, int64_t plan_row,
-                                           int32_t (&region_start)[kAttentionLevels + 1],
-                                           int32_t (&list_offset)[kAttentionLevels]) {
-  int used = 0, region = 0;
-#pragma unroll
-  for (int l = 0; l < kAttentionLevels; ++l) {
-    int c = __ldg(params.counts + plan_row * kAttentionLevels + l);
-    c = max(0, min(c, params.num_k_blocks - used));
-    list_offset[l] = used;
-    region_start[l] = region;
-    used += c;
-    region += c * (params.block_n >> l);
-  }
-  region_start[kAttentionLevels] = region;
-}
 
 // Per-tile flags the producer publishes with each stage (one word per producer warp, ORed).
 constexpr int kTileNeedsMask = 1;  // a key of the tile is past the causal horizon of some query

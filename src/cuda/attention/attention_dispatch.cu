@@ -1,6 +1,7 @@
-// The one dispatch point of the attention forward: runtime dtype, head dim and block_m become
-// template parameters here; everything the kernel assumes beyond the public API's checks (unit
-// stride on D, 16-byte aligned rows) is checked here and reported as kUnsupported.
+// The one dispatch point of the attention forward: the device's kernel path (Hopper or portable,
+// cuda/kernel_path.h), runtime dtype, head dim and block_m become template parameters here;
+// everything the kernels assume beyond the public API's checks (unit stride on D, 16-byte aligned
+// rows) is checked here and reported as kUnsupported.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -11,6 +12,8 @@
 #include "cuda/attention/row_checks.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/kernel_path.h"
+#include "cuda/portable/attention_launch.h"
 
 namespace psa::cuda {
 
@@ -61,8 +64,7 @@ bool attention_supported(DType dtype, int64_t head_dim, int block_m, int block_n
 }
 
 bool device_usable(std::string* reason) {
-  // Every kernel is built for sm_90a, which runs on compute capability 9.0 only.
-  constexpr int kMajor = 9, kMinor = 0;
+  // The portable kernels run on compute capability 8.0 and newer, the Hopper kernels on 9.0.
   int count = 0;
   const cudaError_t error = cudaGetDeviceCount(&count);
   if (error != cudaSuccess) {
@@ -72,21 +74,17 @@ bool device_usable(std::string* reason) {
   }
   std::string found;
   for (int device = 0; device < count; ++device) {
-    int major = 0, minor = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-      (void)cudaGetLastError();
-      continue;
-    }
-    if (major == kMajor && minor == kMinor) {
+    KernelPath path = KernelPath::kPortable;
+    if (kernel_path(device, &path).ok()) {
       if (reason != nullptr) reason->clear();
       return true;
     }
-    found += (found.empty() ? "" : ", ") + std::to_string(major) + "." + std::to_string(minor);
+    found += (found.empty() ? "" : ", ") + describe_device(device);
   }
   if (reason != nullptr) {
-    *reason = "no CUDA device of compute capability 9.0 (Hopper), which psa's kernels need; "
-              "found " + (found.empty() ? std::string("none") : found);
+    *reason = "no CUDA device of compute capability " + std::to_string(kMinComputeMajor) +
+              ".0 or newer, which psa's kernels need; found " +
+              (found.empty() ? std::string("none") : found);
   }
   return false;
 }
@@ -144,10 +142,22 @@ Status attention_forward(TensorView out, TensorView lse, const TensorView& q, co
                        shape_string(q));
   }
 
+  KernelPath path = KernelPath::kHopper;
+  PSA_RETURN_IF_ERROR(kernel_path(q.device_index, &path));
   DeviceGuard guard(q.device_index);
   PSA_RETURN_IF_ERROR(guard.status());
   const cudaStream_t cuda_stream = to_cuda_stream(stream);
   const bool bf16 = q.dtype == DType::kBFloat16;
+  if (path == KernelPath::kPortable) {
+    if (head_dim == 64) {
+      return bf16 ? portable::launch_attention_forward<__nv_bfloat16, 64>(p, plan.block_m,
+                                                                          cuda_stream)
+                  : portable::launch_attention_forward<__half, 64>(p, plan.block_m, cuda_stream);
+    }
+    return bf16
+               ? portable::launch_attention_forward<__nv_bfloat16, 128>(p, plan.block_m, cuda_stream)
+               : portable::launch_attention_forward<__half, 128>(p, plan.block_m, cuda_stream);
+  }
   if (head_dim == 64) {
     return bf16 ? launch_attention_forward<__nv_bfloat16, 64>(p, plan.block_m, cuda_stream)
                 : launch_attention_forward<__half, 64>(p, plan.block_m, cuda_stream);
