@@ -32,6 +32,7 @@
 #include "cuda/attention/attention_device.cuh"
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/estimator_common.h"
 
 namespace psa::cuda {
 namespace {
@@ -751,12 +752,6 @@ bool vector_path_ok(const TensorView& t) {
   return true;
 }
 
-// Shared memory of the device: the opt-in maximum per CTA and the per-SM total less the
-// per-CTA reservation.
-struct SmemBudget {
-  size_t per_cta, per_sm, reserved;
-};
-
 // One launch configuration: mode, cluster size and ring depth.
 struct Choice {
   bool stored;
@@ -827,7 +822,8 @@ void set_cluster(Choice& c, int cluster) {
 // CTA per SM beat two-pass at two (CogVideoX 5B block_n 64: 1.38 vs 1.49 ms), and two-pass at
 // two CTAs per SM beat one stored CTA of 64 rows (Wan2.1 1.3B block_n 64: 1.75 vs 2.18 ms).
 template <typename T>
-Status launch(const EstimatorParams& base, const SmemBudget& budget, cudaStream_t stream) {
+Status launch(const EstimatorParams& base, const SharedMemoryLimits& budget,
+              cudaStream_t stream) {
   const size_t two_per_sm = std::min(budget.per_cta, budget.per_sm / 2 - budget.reserved);
   for (const size_t limit : {two_per_sm, budget.per_cta}) {
     for (int cluster = 1; cluster <= kMaxCluster; cluster *= 2) {
@@ -850,15 +846,7 @@ Status launch(const EstimatorParams& base, const SmemBudget& budget, cudaStream_
 Status estimate_importance(TensorView scores, const TensorView& q, const TensorView& k,
                            const Config& config, Stream stream) {
   if (numel(scores) == 0) return Status();
-  if (q.dtype != k.dtype || (q.dtype != DType::kFloat16 && q.dtype != DType::kBFloat16)) {
-    return unsupported(std::string("CUDA estimate_importance supports float16 and bfloat16 q and "
-                                   "k of one dtype, got q ") +
-                       dtype_name(q.dtype) + ", k " + dtype_name(k.dtype));
-  }
-  if (q.shape[3] > kMaxHeadDim) {
-    return unsupported("CUDA estimate_importance supports head_dim <= " +
-                       std::to_string(kMaxHeadDim) + ", got " + std::to_string(q.shape[3]));
-  }
+  PSA_RETURN_IF_ERROR(check_estimator_inputs(q, k, kMaxHeadDim));
   DeviceGuard guard(q.device_index);
   PSA_RETURN_IF_ERROR(guard.status());
   EstimatorParams p{};
@@ -884,25 +872,12 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
   p.samples_n = config.effective_samples_n();
   p.seed = config.seed;
   p.head_offset = config.head_offset;
-  p.scale = config.softmax_scale > 0.0f
-                ? config.softmax_scale
-                : static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.head_dim)));
+  p.scale = estimator_scale(config, p.head_dim);
   p.causal = config.causal;
   p.vector = vector_path_ok(q) && vector_path_ok(k);
 
-  int device = 0, optin = 0, per_sm = 0, reserved = 0;
-  PSA_RETURN_IF_ERROR(cuda_check(cudaGetDevice(&device), "cudaGetDevice"));
-  PSA_RETURN_IF_ERROR(cuda_check(
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-      "cudaDeviceGetAttribute"));
-  PSA_RETURN_IF_ERROR(cuda_check(
-      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device),
-      "cudaDeviceGetAttribute"));
-  PSA_RETURN_IF_ERROR(cuda_check(
-      cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device),
-      "cudaDeviceGetAttribute"));
-  SmemBudget budget{static_cast<size_t>(optin), static_cast<size_t>(per_sm),
-                    static_cast<size_t>(reserved)};
+  SharedMemoryLimits budget{};
+  PSA_RETURN_IF_ERROR(shared_memory_limits(&budget));
   const cudaStream_t s = to_cuda_stream(stream);
   if (q.dtype == DType::kFloat16) return launch<__half>(p, budget, s);
   return launch<__nv_bfloat16>(p, budget, s);

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "cuda/attention/attention_params.h"
+#include "cuda/fragment_math.cuh"
 #include "cuda/attention/plan_rows.cuh"
 
 // wgmma and setmaxnreg exist only on the arch-specific Hopper target.
@@ -48,35 +49,10 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int b
 // Waits for every cp.async this thread issued.
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n"); }
 
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// Two fp32 values as one 32-bit register of two 16-bit elements (lo in the low half): the
-// layout of an m16n8k16 / wgmma A fragment register.
-template <typename Element>
-__device__ __forceinline__ uint32_t pack_pair(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack_pair<__nv_bfloat16>(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-template <>
-__device__ __forceinline__ uint32_t pack_pair<__half>(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
+using fragment::fast_exp2;
+using fragment::pack_pair;
+using fragment::quad_max;
+using fragment::quad_sum;
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a (rows, D) tile in the 128-byte swizzle
 // layout: column block chunk / 8 holds rows x 128 bytes; inside it, row r at r * 128 and chunk

@@ -22,6 +22,7 @@
 #include "common/planner_rules.h"
 #include "common/random.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/estimator_common.h"
 #include "cuda/portable/mma.cuh"
 #include "cuda/portable/portable_backend.h"
 
@@ -528,15 +529,7 @@ Status launch(EstimatorParams p, const SmemBudget& budget, cudaStream_t stream) 
 Status estimate_importance(TensorView scores, const TensorView& q, const TensorView& k,
                            const Config& config, Stream stream) {
   if (numel(scores) == 0) return Status();
-  if (q.dtype != k.dtype || (q.dtype != DType::kFloat16 && q.dtype != DType::kBFloat16)) {
-    return unsupported(std::string("CUDA estimate_importance supports float16 and bfloat16 q and "
-                                   "k of one dtype, got q ") +
-                       dtype_name(q.dtype) + ", k " + dtype_name(k.dtype));
-  }
-  if (q.shape[3] > kMaxHeadDim) {
-    return unsupported("CUDA estimate_importance supports head_dim <= " +
-                       std::to_string(kMaxHeadDim) + ", got " + std::to_string(q.shape[3]));
-  }
+  PSA_RETURN_IF_ERROR(check_estimator_inputs(q, k, kMaxHeadDim));
   DeviceGuard guard(q.device_index);
   PSA_RETURN_IF_ERROR(guard.status());
   EstimatorParams p{};
@@ -562,26 +555,16 @@ Status estimate_importance(TensorView scores, const TensorView& q, const TensorV
   p.pitch = static_cast<int>(detail::ceil_div(p.head_dim, kMmaK) * kMmaK) + kPad;
   p.seed = config.seed;
   p.head_offset = config.head_offset;
-  p.scale = config.softmax_scale > 0.0f
-                ? config.softmax_scale
-                : static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.head_dim)));
+  p.scale = estimator_scale(config, p.head_dim);
   p.causal = config.causal;
 
-  int device = 0, optin = 0, per_sm = 0, reserved = 0;
-  PSA_RETURN_IF_ERROR(cuda_check(cudaGetDevice(&device), "cudaGetDevice"));
-  PSA_RETURN_IF_ERROR(cuda_check(
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-      "cudaDeviceGetAttribute"));
-  PSA_RETURN_IF_ERROR(cuda_check(
-      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device),
-      "cudaDeviceGetAttribute"));
-  PSA_RETURN_IF_ERROR(cuda_check(
-      cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device),
-      "cudaDeviceGetAttribute"));
+  SharedMemoryLimits limits{};
+  PSA_RETURN_IF_ERROR(shared_memory_limits(&limits));
   SmemBudget budget;
-  budget.one_per_sm = static_cast<size_t>(optin);
-  budget.two_per_sm = std::min(budget.one_per_sm,
-                               static_cast<size_t>(std::max(per_sm / 2 - reserved, 0)));
+  budget.one_per_sm = limits.per_cta;
+  budget.two_per_sm = std::min(
+      budget.one_per_sm, limits.per_sm / 2 > limits.reserved ? limits.per_sm / 2 - limits.reserved
+                                                              : size_t{0});
   const bool vector_path = vector_path_ok(q) && vector_path_ok(k);
   const cudaStream_t s = to_cuda_stream(stream);
   if (q.dtype == DType::kFloat16) {

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/fragment_math.cuh"
+
 namespace psa::cuda::portable {
 
 constexpr float kNegInf = -__builtin_huge_valf();
@@ -69,36 +71,10 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
   }
 }
 
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// Two fp32 values as one register of two 16-bit elements (lo in the low half): an A-fragment
-// register of mma m16n8k16.
-template <typename Element>
-__device__ __forceinline__ uint32_t pack_pair(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack_pair<__nv_bfloat16>(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-template <>
-__device__ __forceinline__ uint32_t pack_pair<__half>(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-// Reductions over the 4 lanes of a quad (the lanes holding one row of an mma accumulator).
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
+using fragment::fast_exp2;
+using fragment::pack_pair;
+using fragment::quad_max;
+using fragment::quad_sum;
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a row-major tile of kRowBytes per row
 // (kRowBytes a multiple of 128): the chunk index is XORed with row % 8 inside each 128-byte
