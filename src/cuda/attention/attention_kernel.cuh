@@ -216,21 +216,11 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         int32_t last = 0;
         const int row = warp_row0 + lane;
         if (lane < kWarpRows) {
-          const int r = tile * kBlockN + row;
-          const int level = (r >= info.region_start[1]) + (r >= info.region_start[2]) +
-                            (r >= info.region_start[3]);
-          bool valid = r < num_virtual;
+          int level = 0;
           int64_t p = 0;
-          if (valid) {
-            const int seg_shift = params.log2_block_n - level;  // block_n / f rows per block
-            const int rel = r - info.region_start[level];
-            const int j = __ldg(block_list + info.list_offset[level] + (rel >> seg_shift));
-            valid = j >= 0 && j < params.num_k_blocks;
-            if (valid) {
-              p = (static_cast<int64_t>(j) << seg_shift) + (rel & ((1 << seg_shift) - 1));
-              valid = p < info.level_length[level];
-            }
-          }
+          const bool valid =
+              virtual_row_token(info, block_list, tile * kBlockN + row, num_virtual,
+                                params.log2_block_n, params.num_k_blocks, &level, &p);
           const char* k_src = nullptr;
           const char* v_src = nullptr;
           if (valid) {

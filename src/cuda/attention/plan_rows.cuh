@@ -29,4 +29,24 @@ __device__ __forceinline__ void row_layout(const Params& params, int64_t plan_ro
   region_start[kAttentionLevels] = region;
 }
 
+// Virtual key row r of a plan row laid out by row_layout (Layout: any struct with region_start,
+// list_offset and level_length): its level (0..3, pool factor 1 << level; set for every r) and
+// its token p in that level of the pyramid. False for a row past the sequence (r >= num_virtual),
+// a block index outside [0, Nk) (an untrusted plan) or a token past the level's end (a ragged last
+// block); p is meaningful only when true.
+template <typename Layout>
+__device__ __forceinline__ bool virtual_row_token(const Layout& row, const int32_t* block_list,
+                                                  int r, int num_virtual, int log2_block_n,
+                                                  int num_k_blocks, int* level, int64_t* p) {
+  *level = (r >= row.region_start[1]) + (r >= row.region_start[2]) + (r >= row.region_start[3]);
+  *p = 0;
+  if (r >= num_virtual) return false;
+  const int seg_shift = log2_block_n - *level;  // block_n / f rows per block
+  const int rel = r - row.region_start[*level];
+  const int j = __ldg(block_list + row.list_offset[*level] + (rel >> seg_shift));
+  if (j < 0 || j >= num_k_blocks) return false;
+  *p = (static_cast<int64_t>(j) << seg_shift) + (rel & ((1 << seg_shift) - 1));
+  return *p < row.level_length[*level];
+}
+
 }  // namespace psa::cuda

@@ -97,21 +97,10 @@ __device__ __forceinline__ void load_tile(const AttentionParams& params,
 #pragma unroll
   for (int pass = 0; pass < kBlockN / Traits::kRowsPerPass; ++pass) {
     const int row = row0 + pass * Traits::kRowsPerPass;
-    const int r = tile * kBlockN + row;
-    bool valid = r < num_virtual;
-    const int level = (r >= views.region_start[1]) + (r >= views.region_start[2]) +
-                      (r >= views.region_start[3]);
+    int level = 0;
     int64_t p = 0;
-    if (valid) {
-      const int seg_shift = params.log2_block_n - level;  // block_n / f rows per block
-      const int rel = r - views.region_start[level];
-      const int j = __ldg(block_list + views.list_offset[level] + (rel >> seg_shift));
-      valid = j >= 0 && j < params.num_k_blocks;
-      if (valid) {
-        p = (static_cast<int64_t>(j) << seg_shift) + (rel & ((1 << seg_shift) - 1));
-        valid = p < views.level_length[level];
-      }
-    }
+    const bool valid = virtual_row_token(views, block_list, tile * kBlockN + row, num_virtual,
+                                         params.log2_block_n, params.num_k_blocks, &level, &p);
     const uint32_t offset = swizzled<Traits::kRowBytes>(row, chunk);
     const char* k_src = views.k_base[0];
     const char* v_src = views.v_base[0];
