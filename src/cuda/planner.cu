@@ -348,10 +348,13 @@ __global__ void __launch_bounds__(kRowThreads) plan_from_scores_kernel(PlannerPa
   auto visible = [&](int64_t j) {
     return !p.causal || detail::block_visible(p.seq_q, p.seq_k, p.block_m, p.block_n, i, j);
   };
-  int64_t num_visible = 0;
-  for (int64_t chunk = 0; chunk < nk; chunk += blockDim.x) {
-    const int64_t j = chunk + threadIdx.x;
-    num_visible += __syncthreads_count(j < nk && visible(j));
+  int64_t num_visible = nk;
+  if (p.causal) {
+    num_visible = 0;
+    for (int64_t chunk = 0; chunk < nk; chunk += blockDim.x) {
+      const int64_t j = chunk + threadIdx.x;
+      num_visible += __syncthreads_count(j < nk && visible(j));
+    }
   }
   const int64_t padded = next_pow2(num_visible);
   uint64_t* keys = reinterpret_cast<uint64_t*>(smem);
