@@ -15,6 +15,12 @@ namespace {
 // (more than 64 in one process) are queried on every call.
 constexpr int kCachedDevices = 64;
 std::array<std::atomic<int>, kCachedDevices> g_capability{};
+std::array<std::atomic<int>, kCachedDevices> g_shared_memory{};
+
+enum class Forced { kNo, kPortable, kSmallSharedMemory };
+
+// Shared memory per SM of compute capability 8.6 and 8.9.
+constexpr int kSmallSharedMemoryPerSm = 100 * 1024;
 
 Status query_capability(int device_index, int* capability) {
   if (device_index >= 0 && device_index < kCachedDevices) {
@@ -40,16 +46,44 @@ Status query_capability(int device_index, int* capability) {
   return Status();
 }
 
-bool read_force_portable() {
+Forced read_force_portable() {
   const char* value = std::getenv("PSA_FORCE_PORTABLE");
-  return value != nullptr && std::strcmp(value, "1") == 0;
+  if (value == nullptr) return Forced::kNo;
+  if (std::strcmp(value, "1") == 0) return Forced::kPortable;
+  if (std::strcmp(value, "8.9") == 0) return Forced::kSmallSharedMemory;
+  return Forced::kNo;
+}
+
+Forced forced_mode() {
+  static const Forced forced = read_force_portable();
+  return forced;
 }
 
 }  // namespace
 
-bool portable_forced() {
-  static const bool forced = read_force_portable();
-  return forced;
+bool portable_forced() { return forced_mode() != Forced::kNo; }
+
+Status shared_memory_per_sm(int device_index, int* bytes) {
+  if (forced_mode() == Forced::kSmallSharedMemory) {
+    *bytes = kSmallSharedMemoryPerSm;
+    return Status();
+  }
+  if (device_index >= 0 && device_index < kCachedDevices) {
+    *bytes = g_shared_memory[device_index].load(std::memory_order_relaxed);
+    if (*bytes != 0) return Status();
+  }
+  const cudaError_t error = cudaDeviceGetAttribute(
+      bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device_index);
+  if (error != cudaSuccess) {
+    (void)cudaGetLastError();
+    return Status(StatusCode::kCudaError,
+                  "CUDA error querying the shared memory per SM of device " +
+                      std::to_string(device_index) + ": " + cudaGetErrorString(error));
+  }
+  if (device_index >= 0 && device_index < kCachedDevices) {
+    g_shared_memory[device_index].store(*bytes, std::memory_order_relaxed);
+  }
+  return Status();
 }
 
 std::string describe_device(int device_index) {

@@ -421,15 +421,20 @@ TEST(CudaAttention, DeviceUsableMeansAnAmpereOrNewerDeviceIsPresent) {
   EXPECT_TRUE(cuda_backend_built());
 }
 
-// Compute capability 9.0 takes the Hopper kernels unless PSA_FORCE_PORTABLE=1; every other usable
-// device the portable ones (cuda/kernel_path.h).
+// Compute capability 9.0 takes the Hopper kernels unless PSA_FORCE_PORTABLE is 1 or 8.9; every
+// other usable device the portable ones (cuda/kernel_path.h). The portable tiles follow the
+// device's shared memory per SM, or 100 KiB under PSA_FORCE_PORTABLE=8.9.
 TEST(CudaAttention, KernelPathFollowsTheComputeCapability) {
   PSA_SKIP_WITHOUT_GPU();
   cudaDeviceProp prop{};
   PSA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const char* env = std::getenv("PSA_FORCE_PORTABLE");
-  const bool forced = env != nullptr && std::string(env) == "1";
+  const bool small_smem = env != nullptr && std::string(env) == "8.9";
+  const bool forced = small_smem || (env != nullptr && std::string(env) == "1");
   EXPECT_EQ(cuda::portable_forced(), forced);
+  int smem = 0;
+  ASSERT_TRUE(cuda::shared_memory_per_sm(0, &smem).ok());
+  EXPECT_EQ(smem, small_smem ? 100 * 1024 : static_cast<int>(prop.sharedMemPerMultiprocessor));
   cuda::KernelPath path = cuda::KernelPath::kHopper;
   const Status s = cuda::kernel_path(0, &path);
   ASSERT_TRUE(s.ok()) << s.to_string();

@@ -149,14 +149,18 @@ Status attention_forward(TensorView out, TensorView lse, const TensorView& q, co
   const cudaStream_t cuda_stream = to_cuda_stream(stream);
   const bool bf16 = q.dtype == DType::kBFloat16;
   if (path == KernelPath::kPortable) {
+    int smem_per_sm = 0;
+    PSA_RETURN_IF_ERROR(shared_memory_per_sm(q.device_index, &smem_per_sm));
     if (head_dim == 64) {
       return bf16 ? portable::launch_attention_forward<__nv_bfloat16, 64>(p, plan.block_m,
-                                                                          cuda_stream)
-                  : portable::launch_attention_forward<__half, 64>(p, plan.block_m, cuda_stream);
+                                                                          smem_per_sm, cuda_stream)
+                  : portable::launch_attention_forward<__half, 64>(p, plan.block_m, smem_per_sm,
+                                                                   cuda_stream);
     }
-    return bf16
-               ? portable::launch_attention_forward<__nv_bfloat16, 128>(p, plan.block_m, cuda_stream)
-               : portable::launch_attention_forward<__half, 128>(p, plan.block_m, cuda_stream);
+    return bf16 ? portable::launch_attention_forward<__nv_bfloat16, 128>(p, plan.block_m,
+                                                                         smem_per_sm, cuda_stream)
+                : portable::launch_attention_forward<__half, 128>(p, plan.block_m, smem_per_sm,
+                                                                  cuda_stream);
   }
   if (head_dim == 64) {
     return bf16 ? launch_attention_forward<__nv_bfloat16, 64>(p, plan.block_m, cuda_stream)

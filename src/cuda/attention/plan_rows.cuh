@@ -29,6 +29,29 @@ __device__ __forceinline__ void row_layout(const Params& params, int64_t plan_ro
   region_start[kAttentionLevels] = region;
 }
 
+// The two halves of virtual_row_token, for a caller that issues the plan load early and uses it
+// later: where row r's block index sits in the row's list (-1 for r >= num_virtual) and the
+// row's level; then, given that block index j, the row's pyramid token.
+template <typename Layout>
+__device__ __forceinline__ int virtual_row_slot(const Layout& row, int r, int num_virtual,
+                                                int log2_block_n, int* level) {
+  *level = (r >= row.region_start[1]) + (r >= row.region_start[2]) + (r >= row.region_start[3]);
+  if (r >= num_virtual) return -1;
+  const int seg_shift = log2_block_n - *level;  // block_n / f rows per block
+  return row.list_offset[*level] + ((r - row.region_start[*level]) >> seg_shift);
+}
+template <typename Layout>
+__device__ __forceinline__ bool virtual_row_pooled(const Layout& row, int r, int level, int j,
+                                                   int log2_block_n, int num_k_blocks,
+                                                   int64_t* p) {
+  *p = 0;
+  if (j < 0 || j >= num_k_blocks) return false;
+  const int seg_shift = log2_block_n - level;
+  const int rel = r - row.region_start[level];
+  *p = (static_cast<int64_t>(j) << seg_shift) + (rel & ((1 << seg_shift) - 1));
+  return *p < row.level_length[level];
+}
+
 // Virtual key row r of a plan row laid out by row_layout (Layout: any struct with region_start,
 // list_offset and level_length): its level (0..3, pool factor 1 << level; set for every r) and
 // its token p in that level of the pyramid. False for a row past the sequence (r >= num_virtual),
@@ -38,15 +61,11 @@ template <typename Layout>
 __device__ __forceinline__ bool virtual_row_token(const Layout& row, const int32_t* block_list,
                                                   int r, int num_virtual, int log2_block_n,
                                                   int num_k_blocks, int* level, int64_t* p) {
-  *level = (r >= row.region_start[1]) + (r >= row.region_start[2]) + (r >= row.region_start[3]);
+  const int slot = virtual_row_slot(row, r, num_virtual, log2_block_n, level);
   *p = 0;
-  if (r >= num_virtual) return false;
-  const int seg_shift = log2_block_n - *level;  // block_n / f rows per block
-  const int rel = r - row.region_start[*level];
-  const int j = __ldg(block_list + row.list_offset[*level] + (rel >> seg_shift));
-  if (j < 0 || j >= num_k_blocks) return false;
-  *p = (static_cast<int64_t>(j) << seg_shift) + (rel & ((1 << seg_shift) - 1));
-  return *p < row.level_length[*level];
+  if (slot < 0) return false;
+  return virtual_row_pooled(row, r, *level, __ldg(block_list + slot), log2_block_n, num_k_blocks,
+                            p);
 }
 
 }  // namespace psa::cuda

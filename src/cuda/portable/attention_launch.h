@@ -12,17 +12,19 @@
 
 namespace psa::cuda::portable {
 
-// block_m is 64 or 128 (checked by attention_supported).
+// block_m is 64 or 128 (checked by attention_supported); smem_per_sm, the device's shared memory
+// per SM in bytes, picks the tile shape (cuda/kernel_path.h).
 template <typename Element, int kHeadDim>
-Status launch_attention_forward(const AttentionParams& params, int block_m, cudaStream_t stream);
+Status launch_attention_forward(const AttentionParams& params, int block_m, int smem_per_sm,
+                                cudaStream_t stream);
 
-extern template Status launch_attention_forward<__nv_bfloat16, 64>(const AttentionParams&, int,
-                                                                   cudaStream_t);
-extern template Status launch_attention_forward<__nv_bfloat16, 128>(const AttentionParams&, int,
-                                                                    cudaStream_t);
-extern template Status launch_attention_forward<__half, 64>(const AttentionParams&, int,
-                                                            cudaStream_t);
-extern template Status launch_attention_forward<__half, 128>(const AttentionParams&, int,
-                                                             cudaStream_t);
+extern template Status launch_attention_forward<__nv_bfloat16, 64>(
+    const AttentionParams&, int, int, cudaStream_t);
+extern template Status launch_attention_forward<__nv_bfloat16, 128>(
+    const AttentionParams&, int, int, cudaStream_t);
+extern template Status launch_attention_forward<__half, 64>(
+    const AttentionParams&, int, int, cudaStream_t);
+extern template Status launch_attention_forward<__half, 128>(
+    const AttentionParams&, int, int, cudaStream_t);
 
 }  // namespace psa::cuda::portable

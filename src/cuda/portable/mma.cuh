@@ -85,4 +85,13 @@ __device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
   return static_cast<uint32_t>(row * kRowBytes + ((chunk ^ (row & 7)) << 4));
 }
 
+// swizzled(row, chunk + 2 step) from offset = swizzled(row, chunk) with chunk 0 or 1: adding an
+// even number to the chunk flips bits of the XORed part and carries whole 128-byte groups, so
+// with a compile-time step this is a XOR with one of four constants and an immediate. An
+// ldmatrix loop then keeps four offsets per operand live instead of one per step.
+__device__ __forceinline__ uint32_t swizzled_step(uint32_t offset, int step) {
+  return (offset ^ static_cast<uint32_t>(((2 * step) & 7) << 4)) +
+         static_cast<uint32_t>(((2 * step) & ~7) << 4);
+}
+
 }  // namespace psa::cuda::portable
