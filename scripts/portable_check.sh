@@ -3,7 +3,7 @@
 # checked on a Hopper GPU in one device call: the CUDA tests on the Hopper path and, with
 # PSA_FORCE_PORTABLE=1, on the portable path; compute-sanitizer memcheck and racecheck on the small
 # portable cases; the portable attention kernel against cuDNN at density 0.15 on the three
-# WORKLOADS.md shapes (bench/bench.py). A table prints last. Logs (at most 8 files) go to $OUT
+# WORKLOADS.md shapes (bench/bench.py). A table prints last. Logs go to $OUT
 # (default /tmp/psa_portable_check). Expected to take about 5 minutes on an H200 with prebuilt
 # binaries (not yet run).
 #
@@ -51,13 +51,18 @@ start=$(date +%s)
 PSA_FORCE_PORTABLE=1 "$tests" > "$OUT/tests_portable.log" 2>&1
 note "CUDA tests, portable path (PSA_FORCE_PORTABLE=1): rc=$? in $(( $(date +%s) - start )) s: $(passed "$OUT/tests_portable.log")"
 grep -E '^\[  FAILED|Failure' "$OUT/tests_portable.log" | head -20
-grep -E '^AuxTiming|ms' "$OUT/tests_portable.log" | grep -i -E 'estimat|pyramid|planner' | head -8
+# The attention tests with the tile shapes of a 100 KiB-per-SM card (8.6 / 8.9).
+attention='Sweep/CudaAttentionTest.*:CudaAttention.*:Cases/CudaAttentionNonFinite.*'
+start=$(date +%s)
+PSA_FORCE_PORTABLE=8.9 "$tests" --gtest_filter="$attention" > "$OUT/tests_portable_89.log" 2>&1
+note "CUDA attention tests, 8.6 / 8.9 tiles (PSA_FORCE_PORTABLE=8.9): rc=$? in $(( $(date +%s) - start )) s: $(passed "$OUT/tests_portable_89.log")"
+grep -E '^\[  FAILED|Failure' "$OUT/tests_portable_89.log" | head -20
 
 # compute-sanitizer on the small portable cases: the attention sweep (every variant, causal,
 # strided, GQA, Lq != Lk, empty rows), the malformed plan, non-finite inputs, the estimator cases
 # but those of 65536 keys and more, the planner cases with the similarity cap. Success: rc=0, "ERROR SUMMARY: 0 errors" and "RACECHECK SUMMARY: 0
 # hazards".
-filter='Sweep/CudaAttentionTest.*:CudaAttention.*:Cases/CudaAttentionNonFinite.*:Cases/AuxEstimator.*'
+filter="$attention:Cases/AuxEstimator.*"
 filter+=':Cases/AuxPlanner.*sim*'
 filter+='-Cases/AuxEstimator.MatchesCpu/two_pass*:Cases/AuxEstimator.MatchesCpu/cluster8*'
 filter+=':Cases/AuxEstimator.MatchesCpu/cluster_causal*'
@@ -66,6 +71,12 @@ for tool in memcheck racecheck; do
   PSA_FORCE_PORTABLE=1 timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 3 \
     "$tests" --gtest_filter="$filter" > "$OUT/sanitizer_$tool.log" 2>&1
   note "compute-sanitizer $tool (portable): rc=$? in $(( $(date +%s) - start )) s $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1) ($(grep -c '^\[       OK' "$OUT/sanitizer_$tool.log") tests)"
+done
+for tool in memcheck racecheck; do
+  start=$(date +%s)
+  PSA_FORCE_PORTABLE=8.9 timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+    "$tests" --gtest_filter="$attention" > "$OUT/sanitizer_89_$tool.log" 2>&1
+  note "compute-sanitizer $tool (8.6 / 8.9 tiles): rc=$? in $(( $(date +%s) - start )) s $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_89_$tool.log" | tail -1) ($(grep -c '^\[       OK' "$OUT/sanitizer_89_$tool.log") tests)"
 done
 
 # The portable kernel against cuDNN in the same process run, density 0.15 (block 128 x 64), and
