@@ -2,6 +2,6 @@
 #include "cuda/portable/attention_launch.cuh"
 
 namespace psa::cuda::portable {
-template Status launch_attention_forward<__nv_bfloat16, 128>(const AttentionParams&, int,
-                                                           int, cudaStream_t);
+template Status launch_attention_forward<__nv_bfloat16, 128>(const AttentionParams&, int, int,
+                                                             cudaStream_t);
 }  // namespace psa::cuda::portable

@@ -2,6 +2,6 @@
 #include "cuda/portable/attention_launch.cuh"
 
 namespace psa::cuda::portable {
-template Status launch_attention_forward<__half, 64>(const AttentionParams&, int,
-                                                           int, cudaStream_t);
+template Status launch_attention_forward<__half, 64>(const AttentionParams&, int, int,
+                                                     cudaStream_t);
 }  // namespace psa::cuda::portable

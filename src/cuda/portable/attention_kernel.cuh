@@ -3,19 +3,18 @@
 //
 // One CTA of 4 warps per plan row (batch, query head, query block), or two per row of 128 queries
 // where shared memory is small; each warp owns kMTiles x 16 query rows (32 for a CTA of 128, 16
-// for one of 64), read from a shared-memory copy of Q at
-// every k16 step, so that a K or V fragment feeds kMTiles x 2 mma and O stays in registers. The
-// row's kept key blocks form the virtual key sequence of docs/design.md (level-1 blocks, then
-// levels 2, 4, 8); the CTA walks it in tiles of kBlockN rows with one buffer for K and one for V,
-// as FlashAttention-2 does: V(t) loads behind S(t) = Q K(t)^T and the softmax, K(t + 1) behind
-// O += P V(t), and two or three CTAs per SM hide each other's barriers. Each tile row (level, block
-// from the plan, pooled row) is resolved once, by one thread, a tile ahead, into the addresses of
-// its K and V rows: its plan load is issued before S(t) and used after the softmax, so no warp
-// waits on it, and the copies need no index math. Per column the tile keeps the bias log2(c_p)
-// (-inf for a missing row) and the last real constituent; on tiles
-// that cross a query's causal horizon the softmax tests each element. Tiles none of the block's
-// queries can see (no existing column, or all columns past the last query's horizon) are neither
-// loaded nor computed.
+// for one of 64), read from a shared-memory copy of Q at every k16 step, so that a K or V
+// fragment feeds kMTiles x 2 mma and O stays in registers. The row's kept key blocks form the
+// virtual key sequence of docs/design.md (level-1 blocks, then levels 2, 4, 8); the CTA walks it
+// in tiles of kBlockN rows with one buffer for K and one for V, as FlashAttention-2 does: V(t)
+// loads behind S(t) = Q K(t)^T and the softmax, K(t + 1) behind O += P V(t), and two or three
+// CTAs per SM hide each other's barriers. Each tile row (level, block from the plan, pooled row)
+// is resolved once, by one thread, a tile ahead, into the addresses of its K and V rows: its plan
+// load is issued before S(t) and used after the softmax, so no warp waits on it, and the copies
+// need no index math. Per column the tile keeps the bias log2(c_p) (-inf for a missing row) and
+// the last real constituent; on tiles that cross a query's causal horizon the softmax tests each
+// element. Tiles none of the block's queries can see (no existing column, or all columns past the
+// last query's horizon) are neither loaded nor computed.
 #pragma once
 
 #include <cuda_bf16.h>
