@@ -59,24 +59,24 @@ grep -E '^\[  FAILED|Failure' "$OUT/tests_portable_89.log" | head -20
 
 # compute-sanitizer on the small portable cases: the attention sweep (every variant, causal,
 # strided, GQA, Lq != Lk, empty rows), the malformed plan, non-finite inputs, the estimator cases
-# but those of 65536 keys and more, the planner cases with the similarity cap. Success: rc=0, "ERROR SUMMARY: 0 errors" and "RACECHECK SUMMARY: 0
-# hazards".
+# but those of 65536 keys and more, the planner cases with the similarity cap; then the attention
+# cases with the 8.6 / 8.9 tiles. Success: rc=0, "ERROR SUMMARY: 0 errors" and
+# "RACECHECK SUMMARY: 0 hazards".
 filter="$attention:Cases/AuxEstimator.*"
 filter+=':Cases/AuxPlanner.*sim*'
 filter+='-Cases/AuxEstimator.MatchesCpu/two_pass*:Cases/AuxEstimator.MatchesCpu/cluster8*'
 filter+=':Cases/AuxEstimator.MatchesCpu/cluster_causal*'
-for tool in memcheck racecheck; do
-  start=$(date +%s)
-  PSA_FORCE_PORTABLE=1 timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-    "$tests" --gtest_filter="$filter" > "$OUT/sanitizer_$tool.log" 2>&1
-  note "compute-sanitizer $tool (portable): rc=$? in $(( $(date +%s) - start )) s $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1) ($(grep -c '^\[       OK' "$OUT/sanitizer_$tool.log") tests)"
-done
-for tool in memcheck racecheck; do
-  start=$(date +%s)
-  PSA_FORCE_PORTABLE=8.9 timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 3 \
-    "$tests" --gtest_filter="$attention" > "$OUT/sanitizer_89_$tool.log" 2>&1
-  note "compute-sanitizer $tool (8.6 / 8.9 tiles): rc=$? in $(( $(date +%s) - start )) s $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_89_$tool.log" | tail -1) ($(grep -c '^\[       OK' "$OUT/sanitizer_89_$tool.log") tests)"
-done
+# sanitize MODE LABEL FILTER LOG: memcheck and racecheck under PSA_FORCE_PORTABLE=MODE.
+sanitize() {
+  for tool in memcheck racecheck; do
+    start=$(date +%s)
+    PSA_FORCE_PORTABLE=$1 timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+      "$tests" --gtest_filter="$3" > "$OUT/$4_$tool.log" 2>&1
+    note "compute-sanitizer $tool ($2): rc=$? in $(( $(date +%s) - start )) s $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$4_$tool.log" | tail -1) ($(grep -c '^\[       OK' "$OUT/$4_$tool.log") tests)"
+  done
+}
+sanitize 1 portable "$filter" sanitizer
+sanitize 8.9 "8.6 / 8.9 tiles" "$attention" sanitizer_89
 
 # The portable kernel against cuDNN in the same process run, density 0.15 (block 128 x 64), and
 # the whole call (pyramid, portable estimator, planner, attention). Success: eff/cuDNN >= 0.45 on
