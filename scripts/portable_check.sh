@@ -4,7 +4,7 @@
 # PSA_FORCE_PORTABLE=1, on the portable path; compute-sanitizer memcheck and racecheck on the small
 # portable cases; the portable attention kernel against cuDNN at density 0.15 on the three
 # WORKLOADS.md shapes (bench/bench.py). A table prints last. Logs go to $OUT
-# (default /tmp/psa_portable_check). Took 83 s on an H200 with prebuilt binaries (run 24).
+# (default /tmp/psa_portable_check). Took 83-95 s on an H200 with prebuilt binaries (runs 24, 27).
 #
 #   scripts/portable_check.sh [BIN_DIR]
 #
