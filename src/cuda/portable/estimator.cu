@@ -138,27 +138,63 @@ __device__ __forceinline__ void zero_row(T* dst, int padded_dim, int lane, int l
   for (int d = lane; d < padded_dim; d += lanes) dst[d] = from_float<T>(0.0f);
 }
 
+// This thread's key rows of a tile, tile-invariant when s_n divides kKeyTile: row r of every tile
+// is sample r % s_n of the tile's block r / s_n, so its sampled offset and its block within the
+// tile are fixed, and a tile's copies need no division (only the ragged last block takes its
+// offset modulo the block's length).
+constexpr int kKeyLanesPerRow = 8;  // 16 bytes each
+constexpr int kKeyRowsPerPass = kThreads / kKeyLanesPerRow;
+constexpr int kKeyPasses = kKeyTile / kKeyRowsPerPass;
+struct KeyRows {
+  bool fixed;                         // s_n divides kKeyTile
+  int blocks_per_tile;                // kKeyTile / s_n when fixed
+  int32_t offset[kKeyPasses];         // sampled offset of row tid / 8 + 32 pass
+  int32_t block_in_tile[kKeyPasses];  // its key block within the tile
+};
+
+__device__ __forceinline__ KeyRows key_rows(const EstimatorParams& p, const int32_t* k_offsets) {
+  KeyRows rows{};
+  rows.fixed = kKeyTile % p.samples_n == 0;
+  rows.blocks_per_tile = kKeyTile / p.samples_n;
+#pragma unroll
+  for (int pass = 0; pass < kKeyPasses; ++pass) {
+    const int r = threadIdx.x / kKeyLanesPerRow + pass * kKeyRowsPerPass;
+    rows.offset[pass] = k_offsets[r % p.samples_n];
+    rows.block_in_tile[pass] = r / p.samples_n;
+  }
+  return rows;
+}
+
 template <typename T, bool kVector>
 __device__ void load_key_tile(T* tile, const EstimatorParams& p, const T* k_head,
-                              const int32_t* k_offsets, int tile_start, int total_keys,
-                              int padded_dim) {
-  // 8 threads per key row (16 bytes each), kThreads / 8 = 32 rows per pass of the CTA.
-  constexpr int kLanesPerRow = 8;
-  const int sub = threadIdx.x % kLanesPerRow;
-  for (int r = threadIdx.x / kLanesPerRow; r < kKeyTile; r += kThreads / kLanesPerRow) {
+                              const int32_t* k_offsets, const KeyRows& rows, int tile_start,
+                              int total_keys, int padded_dim) {
+  const int sub = threadIdx.x % kKeyLanesPerRow;
+  const int last_block = static_cast<int>(p.num_k_blocks) - 1;
+#pragma unroll
+  for (int pass = 0; pass < kKeyPasses; ++pass) {
+    const int r = threadIdx.x / kKeyLanesPerRow + pass * kKeyRowsPerPass;
     const int t = tile_start + r;
     T* dst = tile + r * p.pitch;
     if (t >= total_keys) {
-      zero_row(dst, padded_dim, sub, kLanesPerRow);
+      zero_row(dst, padded_dim, sub, kKeyLanesPerRow);
       continue;
     }
     // 32-bit index math: Lk < 2^31 (the API's limit), and 64-bit division is a slow subroutine.
-    const int kblock = t / p.samples_n;
-    const int real = static_cast<int>(detail::block_rows(p.seq_k, p.block_n, kblock));
-    const int64_t token =
-        static_cast<int64_t>(kblock) * p.block_n + k_offsets[t - kblock * p.samples_n] % real;
+    int kblock, offset;
+    if (rows.fixed) {
+      kblock = tile_start / kKeyTile * rows.blocks_per_tile + rows.block_in_tile[pass];
+      offset = rows.offset[pass];
+    } else {
+      kblock = t / p.samples_n;
+      offset = k_offsets[t - kblock * p.samples_n];
+    }
+    if (kblock == last_block || !rows.fixed) {
+      offset %= static_cast<int>(detail::block_rows(p.seq_k, p.block_n, kblock));
+    }
+    const int64_t token = static_cast<int64_t>(kblock) * p.block_n + offset;
     load_row<T, kVector>(dst, k_head + token * p.k_stride[2], p.k_stride[3],
-                         static_cast<int>(p.head_dim), padded_dim, sub, kLanesPerRow);
+                         static_cast<int>(p.head_dim), padded_dim, sub, kKeyLanesPerRow);
   }
 }
 
@@ -204,8 +240,10 @@ template <typename T, bool kVector, int kDim, Mode kMode>
 __device__ void sweep_keys(const EstimatorParams& p, const CtaState<T>& s) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int num_tiles = (s.total_keys + kKeyTile - 1) / kKeyTile;
+  const KeyRows rows = key_rows(p, s.k_offsets);
   if (num_tiles > 0) {
-    load_key_tile<T, kVector>(s.k_tiles, p, s.k_head, s.k_offsets, 0, s.total_keys, s.padded_dim);
+    load_key_tile<T, kVector>(s.k_tiles, p, s.k_head, s.k_offsets, rows, 0, s.total_keys,
+                              s.padded_dim);
   }
   cp_async_commit();
 
@@ -215,7 +253,8 @@ __device__ void sweep_keys(const EstimatorParams& p, const CtaState<T>& s) {
     const T* k_tile = s.k_tiles + (tile % 2) * kKeyTile * p.pitch;
     if (tile + 1 < num_tiles) {
       load_key_tile<T, kVector>(s.k_tiles + ((tile + 1) % 2) * kKeyTile * p.pitch, p, s.k_head,
-                                s.k_offsets, (tile + 1) * kKeyTile, s.total_keys, s.padded_dim);
+                                s.k_offsets, rows, (tile + 1) * kKeyTile, s.total_keys,
+                                s.padded_dim);
     }
     cp_async_commit();
     cp_async_wait<1>();
