@@ -113,6 +113,28 @@ __device__ __forceinline__ void atomic_max_float(float* address, float value) {
   }
 }
 
+// What atomic_max_float leaves in a cell that holds -inf: v, with -0 as +0 and a NaN whose sign bit
+// is set as -inf (the unsigned minimum keeps -inf's bits). A maximum that one lane completes is
+// stored as this, so that the table is the same as with the atomic.
+__device__ __forceinline__ float first_max(float v) {
+  if (v == 0.0f) return 0.0f;
+  if (v >= 0.0f) return v;
+  return __float_as_uint(v) < __float_as_uint(kNegInf) ? v : kNegInf;
+}
+
+// Reduce-scatter of four values over the 4 lanes of a quad: lane t4 = lane % 4 returns the max of
+// v[t4] over the quad. Step 1 swaps the pair a lane does not keep with lane ^ 2, step 2 the value
+// it does not keep with lane ^ 1.
+__device__ __forceinline__ float quad_scatter_max(const float (&v)[4], int lane) {
+  const bool high_pair = lane & 2;
+  const float keep0 = fmaxf(high_pair ? v[2] : v[0],
+                            __shfl_xor_sync(0xffffffffu, high_pair ? v[0] : v[2], 2));
+  const float keep1 = fmaxf(high_pair ? v[3] : v[1],
+                            __shfl_xor_sync(0xffffffffu, high_pair ? v[1] : v[3], 2));
+  const bool odd = lane & 1;
+  return fmaxf(odd ? keep1 : keep0, __shfl_xor_sync(0xffffffffu, odd ? keep0 : keep1, 1));
+}
+
 // Copies one row of D elements into shared memory (row pitch p.pitch), zero-filling the columns
 // up to the mma width. kVector: 16-byte cp.async (D-contiguous, aligned); else scalar loads.
 template <typename T, bool kVector>
@@ -302,6 +324,41 @@ __device__ void sweep_keys(const EstimatorParams& p, const CtaState<T>& s) {
       if constexpr (kMode == Mode::kPass2) {
         shift0 = ok0 ? s.row_max[r0] : 0.0f;
         shift1 = ok1 ? s.row_max[r1] : 0.0f;
+      }
+      // s_n = 8 (the default): each n-tile is one key block, the item's 4 blocks. The quad
+      // reduce-scatters them, so that lane t4 holds block t4 of both its rows: 3 shuffles per row
+      // instead of 8, and one store (kStored: the block is complete here) or atomic per row and
+      // lane instead of one per block, row and quad.
+      if (kMode != Mode::kPass1 && p.samples_n == kMmaN) {
+        float m0[4], m1[4];
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          // __fmul_rn: see below.
+          m0[n] = fmaxf(__fmul_rn(p.scale, acc[n][0]) - shift0,
+                        __fmul_rn(p.scale, acc[n][1]) - shift0);
+          m1[n] = fmaxf(__fmul_rn(p.scale, acc[n][2]) - shift1,
+                        __fmul_rn(p.scale, acc[n][3]) - shift1);
+        }
+        const float r0_max = quad_scatter_max(m0, lane);
+        const float r1_max = quad_scatter_max(m1, lane);
+        // Blocks past the visible ones (or past the sampled keys: total_keys / 8 >= visible)
+        // are not folded.
+        const int kblock = (tile_start + chunk * kItemKeys) / kMmaN + lane % 4;
+        if (ok0 && kblock < visible0) {
+          if constexpr (kMode == Mode::kStored) {
+            s.table[r0 * s.stride + kblock] = first_max(r0_max);
+          } else {
+            fold<kMode>(s.row_max, s.table, s.stride, r0, g0, kblock, r0_max);
+          }
+        }
+        if (ok1 && kblock < visible1) {
+          if constexpr (kMode == Mode::kStored) {
+            s.table[r1 * s.stride + kblock] = first_max(r1_max);
+          } else {
+            fold<kMode>(s.row_max, s.table, s.stride, r1, g1, kblock, r1_max);
+          }
+        }
+        continue;
       }
       // Consecutive n-tiles whose 8 keys lie in one block merge into a running (quad-reduced)
       // max, so that a block costs one atomic per row: e.g. s_n = 16 -> 2 atomics per item row.
