@@ -1,6 +1,7 @@
 // Block importance on the GPU (SPEC 4), portable: compute capability 8.0 and newer (the Hopper
 // kernel is src/cuda/estimator.cu; this is its first version, kept for the portable path and
-// given Config::head_offset). One CTA per (b, h, group of G query blocks): the sampled
+// given Config::head_offset, a loader with tile-invariant rows and, for s_n = 8, the Hopper
+// kernel's quad reduce-scatter fold). One CTA per (b, h, group of G query blocks): the sampled
 // query rows of the group stay in shared memory, the sampled keys of every key block stream
 // through in tiles of kKeyTile rows (cp.async, double-buffered), and tensor cores (mma.sync
 // m16n8k16, fp32 accumulation) form the logits. Each logit is folded straight into a running max
