@@ -165,17 +165,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       const int64_t plan_row = row_index;
       const int q_first = q_block * kBlockM;
       __syncwarp();  // every lane is done with the previous row's `info`
-      if (lane < kAttentionLevels) {
-        const int l = lane;
-        info.k_base[l] = static_cast<const char*>(params.k[l]) +
-                         (batch * params.k_batch_stride[l] + head_kv * params.k_head_stride[l]) * 2;
-        info.v_base[l] = static_cast<const char*>(params.v[l]) +
-                         (batch * params.v_batch_stride[l] + head_kv * params.v_head_stride[l]) * 2;
-        info.k_row_bytes[l] = params.k_row_stride[l] * 2;
-        info.v_row_bytes[l] = params.v_row_stride[l] * 2;
-        info.level_length[l] =
-            static_cast<int32_t>(psa::detail::pooled_length(params.seq_k, 1 << l));
-      }
+      if (lane < kAttentionLevels) set_level_view(info, params, lane, batch, head_kv);
       if (lane == 0) row_layout(params, plan_row, info.region_start, info.list_offset);
       __syncwarp();
       const int num_virtual = info.region_start[kAttentionLevels];

@@ -296,14 +296,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       __syncwarp();  // every lane is done with the previous row's `info`
       if (lane < kAttentionLevels) {
         const int l = lane;
-        info.k_base[l] = static_cast<const char*>(params.k[l]) +
-                         (batch * params.k_batch_stride[l] + head_kv * params.k_head_stride[l]) * 2;
-        info.v_base[l] = static_cast<const char*>(params.v[l]) +
-                         (batch * params.v_batch_stride[l] + head_kv * params.v_head_stride[l]) * 2;
-        info.k_row_bytes[l] = params.k_row_stride[l] * 2;
-        info.v_row_bytes[l] = params.v_row_stride[l] * 2;
-        info.level_length[l] =
-            static_cast<int32_t>(psa::detail::pooled_length(params.seq_k, 1 << l));
+        set_level_view(info, params, l, batch, head_kv);
         info.acc_base[l] = params.level_offset[l] +
                            (static_cast<int64_t>(batch) * params.heads_kv + head_kv) *
                                info.level_length[l] * kHeadDim;

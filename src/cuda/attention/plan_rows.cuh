@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "common/index_math.h"
 #include "cuda/attention/attention_params.h"
 
 namespace psa::cuda {
@@ -27,6 +28,21 @@ __device__ __forceinline__ void row_layout(const Params& params, int64_t plan_ro
     region += c * (params.block_n >> l);
   }
   region_start[kAttentionLevels] = region;
+}
+
+// Level l (pool factor 1 << l) of (batch, kv head) as the gather sees it: K and V base addresses,
+// row pitches in bytes (16-bit elements) and pooled length. Views: any struct with k_base,
+// v_base, k_row_bytes, v_row_bytes and level_length; Params: AttentionParams or BackwardParams.
+template <typename Views, typename Params>
+__device__ __forceinline__ void set_level_view(Views& views, const Params& params, int l,
+                                               int64_t batch, int64_t head_kv) {
+  views.k_base[l] = static_cast<const char*>(params.k[l]) +
+                    (batch * params.k_batch_stride[l] + head_kv * params.k_head_stride[l]) * 2;
+  views.v_base[l] = static_cast<const char*>(params.v[l]) +
+                    (batch * params.v_batch_stride[l] + head_kv * params.v_head_stride[l]) * 2;
+  views.k_row_bytes[l] = params.k_row_stride[l] * 2;
+  views.v_row_bytes[l] = params.v_row_stride[l] * 2;
+  views.level_length[l] = static_cast<int32_t>(psa::detail::pooled_length(params.seq_k, 1 << l));
 }
 
 // The two halves of virtual_row_token, for a caller that issues the plan load early and uses it

@@ -195,16 +195,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocks)
   const int causal_shift = params.seq_k - params.seq_q;
   if (q_first >= params.seq_q) return;  // the second half of a last plan row shorter than 64
 
-  if (tid < kAttentionLevels) {
-    const int l = tid;
-    views.k_base[l] = static_cast<const char*>(params.k[l]) +
-                      (batch * params.k_batch_stride[l] + head_kv * params.k_head_stride[l]) * 2;
-    views.v_base[l] = static_cast<const char*>(params.v[l]) +
-                      (batch * params.v_batch_stride[l] + head_kv * params.v_head_stride[l]) * 2;
-    views.k_row_bytes[l] = params.k_row_stride[l] * 2;
-    views.v_row_bytes[l] = params.v_row_stride[l] * 2;
-    views.level_length[l] = static_cast<int32_t>(psa::detail::pooled_length(params.seq_k, 1 << l));
-  }
+  if (tid < kAttentionLevels) set_level_view(views, params, tid, batch, head_kv);
   if (tid == 0) row_layout(params, row_index, views.region_start, views.list_offset);
   __syncthreads();
   const int num_virtual = views.region_start[kAttentionLevels];
